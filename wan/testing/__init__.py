@@ -1,0 +1,1 @@
+"""Helpers for tests and demos: tiny checkpoints, golden fixtures. Users never need these."""
