@@ -170,3 +170,31 @@ def get_config(name: str) -> ModelSpec:
         return CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown model spec {name!r}; choose one of {sorted(CONFIGS)}") from None
+
+
+# keys of the original DiT config that carry no information for us (copies or flash-attn-only)
+_DIT_BOOKKEEPING = {"in_channels", "hidden_size", "window_size", "_class_name", "_diffusers_version", "add_control_adapter",
+                    "in_dim_control_adapter", "downscale_factor_control_adapter"}
+
+
+def dit_config_from_original(config: dict, overrides: dict | None = None) -> DiTConfig:
+    """DiTConfig from an original-style config dict (Wan-Fun `config.json`, or a golden case's `config`)
+    plus hard-coded-constant overrides (`clip_dim`, `audio_in_dim`, `audio_proj_dim`, ...).
+
+    Like the original loader, patch_size (1,2,2), qk_norm and cross_attn_norm are forced; keys we do not know are
+    an error (so a file for another architecture is not silently misread)."""
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    kw = {}
+    unknown = []
+    for k, v in {**config, **(overrides or {})}.items():
+        if k in _DIT_BOOKKEEPING:
+            continue
+        if k not in fields:
+            unknown.append(k)
+            continue
+        kw[k] = tuple(v) if isinstance(v, list) else v
+    if unknown:
+        raise ValueError(f"unknown DiT config keys {sorted(unknown)}")
+    kw.update(patch_size=(1, 2, 2), qk_norm=True, cross_attn_norm=True)
+    kw.setdefault("audio_proj_dim", kw.get("dim", DiTConfig.dim))
+    return DiTConfig(**kw)
