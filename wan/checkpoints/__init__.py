@@ -41,7 +41,12 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.devi
         except Exception as e:  # corrupt header, truncated file
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+        try:  # mmap keeps multi-GB files out of RAM; only the zip format supports it
+            obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"{path}: refused to load (not a plain tensor state dict under weights_only=True: {e})"
