@@ -74,6 +74,20 @@ class VAEConfig:
     z_dim: int = 16
     temporal_compression: int = 4
     spatial_compression: int = 8
+    # per-channel latent statistics the original hard-codes in AutoencoderKLWan.__init__:
+    # encode returns (mu - mean) * (1 / std), decode starts from z / (1 / std) + mean
+    latents_mean: tuple[float, ...] = (
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+        0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    )
+    latents_std: tuple[float, ...] = (
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    )
+
+    def __post_init__(self) -> None:
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latents_mean/latents_std need z_dim={self.z_dim} values each")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""Benchmark entry point: every figure in BENCHMARKS.md comes from here (or from a command named there).
+
+    python -m wan.bench dit --size 480x832 --frames 81 [--spec stableavatar-1.3b] [--runs 5] [--json out.json]
+
+Real-size models are built directly on the GPU with random weights (never a CPU init of 1.7 B parameters) and
+timed with CUDA events after warm-up; the median of `--runs` is reported with the peak memory. Sizes are W x H.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from wan.configs import get_config
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    """'480x832' -> (width 480, height 832)."""
+    try:
+        w, h = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 480x832, got {s!r}") from None
+    if w % 16 or h % 16:
+        raise argparse.ArgumentTypeError(f"width and height must be multiples of 16, got {s}")
+    return w, h
+
+
+def _timer(fn, warmup: int, runs: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def dit_inputs(spec_name: str, width: int, height: int, frames: int, device: torch.device, dtype: torch.dtype,
+               clip_frames: int | None = None, batch: int = 3, text_lens: tuple[int, ...] = (126, 126, 80)):
+    """Random inputs shaped like one guidance-batched window call of the pipeline."""
+    cfg = get_config(spec_name).dit
+    clip_frames = clip_frames or frames
+    f = (frames - 1) // 4 + 1
+    h, w = height // 8, width // 8
+    seq_len = ((clip_frames - 1) // 4 + 1) * (h // 2) * (w // 2)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape, dt=dtype):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
+
+    a_tokens = (clip_frames * 640 - 400) // 320 + 1  # wav2vec2 token count for clip_frames of 16 kHz audio
+    return dict(
+        x=rnd(batch, cfg.out_dim, f, h, w), t=torch.full((batch,), 987.0, device=device),
+        context=[rnd(text_lens[i % len(text_lens)], cfg.text_dim) for i in range(batch)], seq_len=seq_len,
+        clip_fea=rnd(batch, cfg.clip_tokens, cfg.clip_dim, dt=torch.float32),
+        y=rnd(batch, cfg.in_dim - cfg.out_dim, f, h, w),
+        vocal_embeddings=rnd(1, a_tokens, cfg.audio_in_dim, dt=torch.float32),
+        audio_null=[True] + [False] * (batch - 1), video_sample_n_frames=clip_frames,
+    )
+
+
+def bench_dit(args) -> dict:
+    from wan.models.dit import WanTransformer3DFantasyModel
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = get_config(args.spec).dit
+    width, height = args.size
+    t0 = time.perf_counter()
+    with torch.device(device):
+        model = WanTransformer3DFantasyModel(cfg)
+    model = model.to(dtype).eval().requires_grad_(False)
+    build_s = time.perf_counter() - t0
+    inputs = dit_inputs(args.spec, width, height, args.frames, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step():
+        with torch.no_grad(), autocast:
+            return model(**inputs)
+
+    times = _timer(step, args.warmup, args.runs, device)
+    res = {
+        "what": "dit_forward", "spec": args.spec, "size_wxh": f"{width}x{height}", "frames": args.frames,
+        "batch": 3, "tokens": inputs["seq_len"], "dtype": args.dtype, "median_s": statistics.median(times),
+        "min_s": min(times), "runs": len(times), "build_s": build_s,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    if device.type == "cuda":
+        res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["device"] = torch.cuda.get_device_name()
+    res["torch"] = torch.__version__
+    return res
+
+
+def main(args: argparse.Namespace) -> None:
+    results = []
+    for size in args.sizes:
+        a = argparse.Namespace(**{**vars(args), "size": size})
+        results.append({"dit": bench_dit}[args.what](a))
+        r = results[-1]
+        print(f"{r['what']:12s} {r['size_wxh']:>9s} x{r['frames']:<4d} tokens {r['tokens']:6d} {r['dtype']}: "
+              f"median {r['median_s']:.3f} s (min {r['min_s']:.3f}, {r['runs']} runs)"
+              + (f", peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["dit"])
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("480x832")], help="W x H, e.g. 480x832 512x512")
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--spec", default="stableavatar-1.3b")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--json", default=None)
+    main(p.parse_args())
