@@ -1,11 +1,144 @@
-"""inference.py: not yet available (the end-to-end pipeline lands with the pipeline issue)."""
+"""Generate a talking-avatar video of the driving audio's length from a reference image, audio and a prompt.
 
+    python inference.py --pretrained_model_name_or_path checkpoints/Wan2.1-Fun-V1.1-1.3B-InP \
+        --transformer_path checkpoints/StableAvatar-1.3B/transformer3d-square.pt \
+        --pretrained_wav2vec_path checkpoints/wav2vec2-base-960h \
+        --validation_reference_path examples/case-2/reference.png \
+        --validation_driven_audio_path examples/case-2/audio.wav --output_dir output_infer
+
+Writes <output_dir>/video.mp4 (H.264 + the driving audio as AAC) and video_without_audio.mp4 (the original's
+name). The original's command lines (inference.sh, multiple_gpu_inference.sh) run unchanged; flags it accepts
+but that have no effect here are marked "(no effect)". Sizes are width x height (480x832 is portrait).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
 import sys
+import time
+from pathlib import Path
+
+MEMORY_MODES = ("model_full_load", "model_cpu_offload", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8")
 
 
-def main() -> None:
-    sys.exit("inference.py is not yet available in this reimplementation; see README.md for what works today.")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--pretrained_model_name_or_path", required=True, help="the Wan2.1-Fun-V1.1-1.3B-InP folder")
+    a("--transformer_path", default=None, help="StableAvatar DiT weights (.pt as released, or our .safetensors); "
+      "without it the audio adapter is untrained and the audio has no effect")
+    a("--pretrained_wav2vec_path", required=True, help="the wav2vec2-base-960h folder")
+    a("--validation_reference_path", required=True, help="reference image (any size; resized to width x height)")
+    a("--validation_driven_audio_path", required=True, help="driving audio (wav/flac/mp3/m4a or a video's audio)")
+    a("--validation_prompts", nargs="+", default=["The protagonist is singing"], help="prompt (words are joined)")
+    a("--negative_prompt", default=None, help="default: the original's Chinese Wan negative prompt")
+    a("--output_dir", default="output_infer")
+    a("--seed", type=int, default=42, help="seed of the noise (the original crashes without one)")
+    a("--sample_steps", type=int, default=50, help="denoising steps (README: 30-50)")
+    a("--width", type=int, default=512)
+    a("--height", type=int, default=512)
+    a("--sample_text_guide_scale", type=float, default=5.0)
+    a("--sample_audio_guide_scale", type=float, default=4.0)
+    a("--overlap_window_length", type=int, default=10, help="overlap of consecutive windows in latent frames (2..)")
+    a("--overlapping_weight_scheme", default="uniform", choices=["uniform", "log"])
+    a("--clip_sample_n_frames", type=int, default=81, help="video frames per window (4k+1)")
+    a("--GPU_memory_mode", default="model_full_load", choices=MEMORY_MODES)
+    a("--device", default=None, help="cuda (default when available) or cpu")
+    a("--dtype", default="bf16", choices=["bf16", "fp32"], help="DiT / T5 dtype (the original: bf16)")
+    a("--ulysses_degree", type=int, default=1, help="multi-GPU sequence parallelism: not yet available (>1 errors)")
+    a("--ring_degree", type=int, default=1, help="multi-GPU sequence parallelism: not yet available (>1 errors)")
+    a("--fsdp_dit", action="store_true", help="(no effect on one GPU; multi-GPU not yet available)")
+    a("--enable_teacache", action="store_true", help="not yet available (errors)")
+    a("--teacache_threshold", type=float, default=0.10, help="(no effect without --enable_teacache)")
+    a("--num_skip_start_steps", type=int, default=5, help="(no effect without --enable_teacache)")
+    a("--teacache_offload", action="store_true", help="(no effect without --enable_teacache)")
+    a("--timings_json", default=None, help="write stage timings / memory peaks to this JSON file")
+    a("--no_progress", action="store_true", help="hide the progress bars")
+    # accepted so the original's command lines run unchanged; none of these change anything
+    for flag, kw in [("--config_path", {}), ("--motion_frame", {"type": int, "default": 25}),
+                     ("--sample_shift", {"type": float}), ("--offload_model", {"action": "store_true"}),
+                     ("--t5_fsdp", {"action": "store_true"}), ("--t5_cpu", {"action": "store_true"}),
+                     ("--input_perturbation", {"type": float, "default": 0}), ("--revision", {}), ("--variant", {})]:
+        p.add_argument(flag, help="(no effect; accepted for compatibility with the original)", **kw)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from wan.io.audio import load_audio
+    from wan.memory import apply_memory_mode
+    from wan.pipeline import StableAvatarPipeline
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.ulysses_degree * args.ring_degree > 1:
+        raise ValueError("multi-GPU inference (--ulysses_degree/--ring_degree > 1) is not yet available; use 1 GPU")
+    if args.enable_teacache:
+        raise ValueError("--enable_teacache is not yet available (the original's TeaCache is broken with windows)")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    if device.type == "cpu" and args.GPU_memory_mode != "model_full_load":
+        raise ValueError(f"--GPU_memory_mode {args.GPU_memory_mode} needs a CUDA device")
+    prompt = " ".join(args.validation_prompts)
+    t0 = time.perf_counter()
+
+    # 1. read the inputs first: a bad file fails before minutes of model loading
+    audio = load_audio(args.validation_driven_audio_path)
+    if not np.any(audio):
+        logging.warning("the driving audio is silent: the avatar will not speak")
+    from wan.pipeline import load_reference_image
+
+    load_reference_image(args.validation_reference_path, args.width, args.height)
+
+    # 2. models
+    offload = args.GPU_memory_mode != "model_full_load"
+    pipe = StableAvatarPipeline.from_checkpoints(
+        args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
+        device=device, dtype=dtype, load_device="cpu" if offload else device)
+    apply_memory_mode(pipe, args.GPU_memory_mode)
+    load_s = time.perf_counter() - t0
+
+    # 3. generate and write
+    result = pipe.generate(
+        args.validation_reference_path, audio, prompt, negative_prompt=args.negative_prompt,
+        width=args.width, height=args.height, num_inference_steps=args.sample_steps, seed=args.seed,
+        text_guide_scale=args.sample_text_guide_scale, audio_guide_scale=args.sample_audio_guide_scale,
+        overlap_window_length=args.overlap_window_length, overlapping_weight_scheme=args.overlapping_weight_scheme,
+        clip_length=args.clip_sample_n_frames, progress=not args.no_progress)
+    t_dec = time.perf_counter()
+    paths = pipe.write_video(result, args.output_dir, progress=not args.no_progress)
+    result.timings.update(load_s=load_s, decode_write_s=time.perf_counter() - t_dec,
+                          total_s=time.perf_counter() - t0, frames=result.num_frames)
+    if device.type == "cuda":
+        result.timings["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    try:
+        import resource
+
+        result.timings["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    except ImportError:  # not on Windows
+        pass
+    if args.timings_json:
+        Path(args.timings_json).write_text(json.dumps(result.timings, indent=2))
+    print(f"wrote {paths['video']} ({result.num_frames} frames, {result.width}x{result.height}) "
+          f"and {paths['video_without_audio']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    parsed = build_parser().parse_args()
+    try:
+        sys.exit(main(parsed))
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    except Exception as e:  # checkpoint errors etc.: one clear line, no traceback, unless debugging
+        if os.environ.get("STABLEAVATAR_DEBUG"):
+            raise
+        from wan.checkpoints import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            sys.exit(f"error: {e}")
+        raise
