@@ -17,6 +17,9 @@ from wan.configs import get_config
 # name -> "module:function"; each writes its files under `root` (the checkpoints/ folder)
 WRITERS: dict[str, str] = {
     "dit": "wan.testing.tiny_dit:write",
+    "vae": "wan.testing.tiny_vae_audio:write_vae",
+    "wav2vec": "wan.testing.tiny_vae_audio:write_wav2vec",
+    "encoders": "wan.testing.tiny_encoders:write",
 }
 
 
