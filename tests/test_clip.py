@@ -121,3 +121,14 @@ def test_tiny_tree(tmp_path):
     assert 0 < (out_bf16 - out).abs().max() < 0.1 * out.abs().max()
     with pytest.raises(ValueError, match="images must be"):
         enc.encode(images[0])
+
+
+def test_release_layout_on_meta():
+    """The released visual tower (meta device) expects exactly the 392 `visual.*` keys of clip_visual.tsv."""
+    model_sd = build_clip_vision(CLIPConfig(), empty=True).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in clip_from_hf(model_sd).items()}
+    assert len(shapes) == 392
+    assert shapes["visual.pos_embedding"] == (1, 257, 1280) and shapes["visual.head"] == (1280, 1024)
+    assert shapes["visual.transformer.31.attn.to_qkv.weight"] == (3840, 1280)
+    assert shapes["visual.patch_embedding.weight"] == (1280, 3, 14, 14)
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 632_076_800  # checkpoints.md §2.4

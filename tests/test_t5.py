@@ -121,3 +121,14 @@ def test_tiny_tree(tmp_path):
     # and a batch runs in float32 as well, to bf16 precision of the stored weights
     enc32 = TextEncoder.from_checkpoints(wan_dir, spec.t5, dtype=torch.float32)
     torch.testing.assert_close(enc32.encode(prompts[:1])[0], embs[0].float(), atol=0.1, rtol=0.05)
+
+
+def test_release_layout_on_meta():
+    """The released encoder (built on the meta device: no memory) expects exactly the 242 keys of the
+    original file (manifest t5_encoder.tsv), e.g. per-block relative position tables [32, 64]."""
+    shapes = {k: tuple(v.shape) for k, v in t5_from_hf(build_umt5(T5Config(), empty=True).state_dict()).items()}
+    assert len(shapes) == 242
+    assert shapes["token_embedding.weight"] == (256384, 4096)
+    assert shapes["blocks.23.pos_embedding.embedding.weight"] == (32, 64)
+    assert shapes["blocks.0.ffn.gate.0.weight"] == (10240, 4096) and shapes["blocks.0.ffn.fc2.weight"] == (4096, 10240)
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 5_680_910_336  # checkpoints.md §3

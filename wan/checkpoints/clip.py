@@ -36,7 +36,7 @@ CLIP_RULES: tuple[KeyRule, ...] = (
     KeyRule("visual.pre_norm.{p}", "vision_model.pre_layrnorm.{p}"),
     KeyRule("visual.transformer.{i}.norm1.{p}", f"{_BLOCK}.layer_norm1.{{p}}"),
     KeyRule("visual.transformer.{i}.attn.to_qkv.{p}",
-            (f"{_BLOCK}.self_attn.q_proj.{{p}}", f"{_BLOCK}.self_attn.k_proj.{{p}}", f"{_BLOCK}.self_attn.v_proj.{{p}}"),
+            tuple(f"{_BLOCK}.self_attn.{name}_proj.{{p}}" for name in "qkv"),
             split=lambda t: tuple(t.chunk(3, dim=0)), merge=lambda q, k, v: torch.cat([q, k, v], dim=0)),
     KeyRule("visual.transformer.{i}.attn.proj.{p}", f"{_BLOCK}.self_attn.out_proj.{{p}}"),
     KeyRule("visual.transformer.{i}.norm2.{p}", f"{_BLOCK}.layer_norm2.{{p}}"),

@@ -10,6 +10,7 @@ output of the penultimate block (`use_31_block=True`: all blocks but the last, n
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,12 +47,10 @@ def build_clip_vision(cfg: CLIPConfig, empty: bool = True):
     meta device (buffers such as `position_ids` stay real), to be materialised by a strict load."""
     from transformers import CLIPVisionModelWithProjection
 
-    if empty:
-        from accelerate import init_empty_weights
+    from accelerate import init_empty_weights
 
-        with init_empty_weights(include_buffers=False):
-            model = CLIPVisionModelWithProjection(clip_vision_config(cfg))
-    else:
+    # parameters only: non-persistent buffers (e.g. CLIP's position_ids) are not in the file and must be real
+    with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
         model = CLIPVisionModelWithProjection(clip_vision_config(cfg))
     return model.eval().requires_grad_(False)
 

@@ -9,6 +9,7 @@ and the `</s>` special token, run with the attention mask, keep each prompt's fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -54,12 +55,10 @@ def build_umt5(cfg: T5Config, empty: bool = True):
     """
     from transformers import UMT5EncoderModel
 
-    if empty:
-        from accelerate import init_empty_weights
+    from accelerate import init_empty_weights
 
-        with init_empty_weights(include_buffers=False):
-            model = UMT5EncoderModel(umt5_config(cfg))
-    else:
+    # parameters only: non-persistent buffers (e.g. CLIP's position_ids) are not in the file and must be real
+    with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
         model = UMT5EncoderModel(umt5_config(cfg))
     return model.eval().requires_grad_(False)
 
