@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--teacache_threshold", type=float, default=0.10, help="(no effect without --enable_teacache)")
     a("--num_skip_start_steps", type=int, default=5, help="(no effect without --enable_teacache)")
     a("--teacache_offload", action="store_true", help="(no effect without --enable_teacache)")
+    a("--model_spec", default="stableavatar-1.3b", help="sizes of T5/CLIP/VAE (the released ones); 'tiny' for "
+      "the test trees of `python -m wan.testing.tiny_checkpoints`")
     a("--timings_json", default=None, help="write stage timings / memory peaks to this JSON file")
     a("--no_progress", action="store_true", help="hide the progress bars")
     # accepted so the original's command lines run unchanged; none of these change anything
@@ -96,9 +98,11 @@ def main(args: argparse.Namespace) -> int:
 
     # 2. models
     offload = args.GPU_memory_mode != "model_full_load"
+    from wan.configs import get_config
+
     pipe = StableAvatarPipeline.from_checkpoints(
         args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
-        device=device, dtype=dtype, load_device="cpu" if offload else device)
+        device=device, dtype=dtype, load_device="cpu" if offload else device, spec=get_config(args.model_spec))
     apply_memory_mode(pipe, args.GPU_memory_mode)
     load_s = time.perf_counter() - t0
 

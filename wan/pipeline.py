@@ -112,7 +112,9 @@ class StableAvatarPipeline:
         """Load every model from the released `checkpoints/` tree (see checkpoints/README.md).
 
         Dtypes as the original's inference.py: DiT and T5 in `dtype` (bf16), VAE, CLIP and wav2vec2 in float32.
-        `load_device` (default `device`) is where the weights are put first; memory modes load on CPU."""
+        `load_device` (default `device`) is where the weights are put first; memory modes load on CPU.
+        `spec` gives the sizes the original hard-codes for T5, CLIP and the VAE (the DiT's come from config.json);
+        the tiny test trees of `wan.testing.tiny_checkpoints` need `get_config("tiny")`."""
         from wan.checkpoints.dit import load_dit
         from wan.models.audio import AudioEncoder
         from wan.models.clip import ImageEncoder
@@ -130,9 +132,9 @@ class StableAvatarPipeline:
         spec = spec or get_config("stableavatar-1.3b")
         spec = ModelSpec(dit=dit.cfg, vae=spec.vae, t5=spec.t5, clip=spec.clip, scheduler=spec.scheduler,
                          pipeline=spec.pipeline)
-        text_encoder = TextEncoder.from_checkpoints(wan_dir, dtype=dtype, device=ld)
-        image_encoder = ImageEncoder.from_checkpoints(wan_dir, dtype=torch.float32, device=ld)
-        vae = WanVAE.from_checkpoints(wan_dir, dtype=torch.float32, device=ld)
+        text_encoder = TextEncoder.from_checkpoints(wan_dir, spec.t5, dtype=dtype, device=ld)
+        image_encoder = ImageEncoder.from_checkpoints(wan_dir, spec.clip, dtype=torch.float32, device=ld)
+        vae = WanVAE.from_checkpoints(wan_dir, spec.vae, dtype=torch.float32, device=ld)
         audio_encoder = AudioEncoder.from_pretrained(pretrained_wav2vec_path, dtype=torch.float32, device=ld)
         return cls(dit, vae, text_encoder, image_encoder, audio_encoder, spec, device=device, dtype=dtype)
 
