@@ -1,6 +1,7 @@
 """Benchmark entry point: every figure in BENCHMARKS.md comes from here (or from a command named there).
 
-    python -m wan.bench dit --size 480x832 --frames 81 [--spec stableavatar-1.3b] [--runs 5] [--json out.json]
+    python -m wan.bench dit --sizes 480x832 --frames 81 [--spec stableavatar-1.3b] [--runs 5] [--json out.json]
+    python -m wan.bench pipeline --sizes 480x832 --seconds 5 --steps 50 [--memory_mode model_cpu_offload]
 
 Real-size models are built directly on the GPU with random weights (never a CPU init of 1.7 B parameters) and
 timed with CUDA events after warm-up; the median of `--runs` is reported with the peak memory. Sizes are W x H.
@@ -109,12 +110,106 @@ def bench_dit(args) -> dict:
     return res
 
 
+def build_random_pipeline(spec_name: str, device: torch.device, dtype: torch.dtype, workdir: Path,
+                          on_cpu: bool = False):
+    """Every model of the pipeline at `spec_name` size with random weights, built directly on `device`
+    (then moved to the CPU when `on_cpu`, for the offload modes). The umT5 tokenizer is a tiny trained one
+    (token ids only need to fit the vocabulary)."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from wan.models.audio import AudioEncoder
+    from wan.models.clip import ImageEncoder, build_clip_vision
+    from wan.models.dit import WanTransformer3DFantasyModel
+    from wan.models.t5 import TextEncoder, build_umt5
+    from wan.models.vae import WanVAE, build_autoencoder
+    from wan.pipeline import StableAvatarPipeline
+    from wan.testing.tiny_encoders import train_spiece, write_t5_tokenizer
+    from wan.testing.tiny_vae_audio import wav2vec_config
+
+    from wan.checkpoints.t5 import load_t5_tokenizer
+
+    spec = get_config(spec_name)
+    tok = load_t5_tokenizer(write_t5_tokenizer(workdir / "tokenizer", train_spiece(160)))
+    with torch.device(device):
+        dit = WanTransformer3DFantasyModel(spec.dit).to(dtype).eval().requires_grad_(False)
+        t5 = TextEncoder(build_umt5(spec.t5, empty=False).to(dtype), tok, spec.t5.text_len)
+        clip = ImageEncoder(build_clip_vision(spec.clip, empty=False), spec.clip)
+        vae = WanVAE(spec.vae, build_autoencoder(spec.vae)).eval().requires_grad_(False)
+        w2v = Wav2Vec2Model(wav2vec_config(spec.dit.audio_in_dim)).eval().requires_grad_(False)
+    audio = AudioEncoder(w2v, Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                       do_normalize=True, return_attention_mask=False))
+    if on_cpu:
+        for m in (dit, t5, clip, vae, audio):
+            m.to("cpu")
+        torch.cuda.empty_cache()
+    return StableAvatarPipeline(dit, vae, t5, clip, audio, spec, device=device, dtype=dtype)
+
+
+def bench_pipeline(args) -> dict:
+    """One full generation (+ streamed decode and mp4 write) on random weights: wall time, time per step,
+    peak VRAM and peak host RSS."""
+    import resource
+    import tempfile
+
+    import numpy as np
+
+    from wan.memory import apply_memory_mode
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    width, height = args.size
+    work = Path(tempfile.mkdtemp(prefix="wan_bench_"))
+    t0 = time.perf_counter()
+    pipe = build_random_pipeline(args.spec, device, dtype, work, on_cpu=args.memory_mode != "model_full_load")
+    apply_memory_mode(pipe, args.memory_mode)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
+    from PIL import Image
+
+    ref = work / "ref.png"
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(ref)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t1 = time.perf_counter()
+    out = pipe.generate(ref, audio, "a person is talking", width=width, height=height,
+                        num_inference_steps=args.steps, overlap_window_length=args.overlap,
+                        clip_length=args.frames, progress=False)
+    t2 = time.perf_counter()
+    pipe.write_video(out, work / "out", progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t3 = time.perf_counter()
+    from wan.io.video import probe
+
+    info = probe(work / "out" / "video.mp4")
+    res = {
+        "what": "pipeline", "spec": args.spec, "size_wxh": f"{width}x{height}", "frames": args.frames,
+        "seconds": args.seconds, "steps": args.steps, "memory_mode": args.memory_mode, "dtype": args.dtype,
+        "video_frames": info.num_frames, "audio_codec": info.audio_codec, "build_s": build_s,
+        "generate_s": t2 - t1, "per_step_s": (t2 - t1) / args.steps, "decode_write_s": t3 - t2,
+        "wall_s": t3 - t1, "timings": out.timings,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    if device.type == "cuda":
+        res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["device"] = torch.cuda.get_device_name()
+    return res
+
+
 def main(args: argparse.Namespace) -> None:
     results = []
     for size in args.sizes:
         a = argparse.Namespace(**{**vars(args), "size": size})
-        results.append({"dit": bench_dit}[args.what](a))
+        results.append({"dit": bench_dit, "pipeline": bench_pipeline}[args.what](a))
         r = results[-1]
+        if r["what"] == "pipeline":
+            print(f"pipeline {r['size_wxh']} {r['seconds']} s audio, {r['steps']} steps, {r['memory_mode']}: "
+                  f"wall {r['wall_s']:.1f} s ({r['per_step_s']:.2f} s/step, decode+write {r['decode_write_s']:.1f} s), "
+                  f"{r['video_frames']} frames, peak VRAM {r.get('peak_vram_gib', 0):.2f} GiB, "
+                  f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+            continue
         print(f"{r['what']:12s} {r['size_wxh']:>9s} x{r['frames']:<4d} tokens {r['tokens']:6d} {r['dtype']}: "
               f"median {r['median_s']:.3f} s (min {r['min_s']:.3f}, {r['runs']} runs)"
               + (f", peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""), flush=True)
@@ -124,7 +219,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dit"])
+    p.add_argument("what", choices=["dit", "pipeline"])
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("480x832")], help="W x H, e.g. 480x832 512x512")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--spec", default="stableavatar-1.3b")
@@ -133,4 +228,8 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", default=None)
+    p.add_argument("--seconds", type=float, default=5.0, help="pipeline: audio length")
+    p.add_argument("--steps", type=int, default=50, help="pipeline: denoising steps")
+    p.add_argument("--overlap", type=int, default=5, help="pipeline: overlap_window_length")
+    p.add_argument("--memory_mode", default="model_full_load", help="pipeline: GPU memory mode")
     main(p.parse_args())
