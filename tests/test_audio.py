@@ -243,3 +243,33 @@ def test_wav2vec_golden_parity(golden, case, tmp_path):
             got = enc.encode(audio[s:e])
         ref = g.tensors[f"trace.call{i:02d}.vocal_embeddings"][1:2]
         assert_close_module(got, ref, what=f"{case} window {i}")
+
+
+# ------------------------------------------------------------------------------------- librosa itself
+# librosa is in the `test` extra: a plain import, so a missing librosa FAILS here instead of skipping.
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_equals_librosa_on_stereo_44k_wav(tmp_path):
+    import librosa
+    import soundfile as sf
+
+    # an odd length and two different tones: resampler length fix-up and the channel mean both matter
+    sf.write(tmp_path / "s.wav", _stereo(2 * SR + 101), SR, subtype="PCM_16")
+    ref, sr = librosa.load(tmp_path / "s.wav", sr=16000)
+    y = load_audio(tmp_path / "s.wav")
+    assert sr == 16000 and ref.shape == (int(np.ceil((2 * SR + 101) * 16000 / SR)),)
+    assert y.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_equals_librosa_on_example_audio():
+    """The repo's real 40 s 16 kHz stereo speech (no resampling: the channel mean alone)."""
+    import librosa
+
+    path = REPO / "examples" / "case-2" / "audio.wav"
+    ref, sr = librosa.load(path, sr=16000)
+    y = load_audio(path)
+    assert sr == 16000 and len(ref) > 40 * 16000
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    assert np.abs(y - ref).max() == 0.0
