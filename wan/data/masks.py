@@ -254,20 +254,26 @@ def extract_clip_range(folder_root: str | os.PathLike, start: int, end: int, fac
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m wan.data.masks --clip DIR [--clip DIR ...]`: lip + face masks for each clip folder; one JSON line
+    """`python -m wan.data.masks --clip DIR [--clip DIR ...] | --clips_from FILE`: lip + face masks for each clip folder; one JSON line
     per finished clip on stdout (the dataset builder reads them for its progress bar and report)."""
     p = argparse.ArgumentParser(prog="python -m wan.data.masks", description=main.__doc__)
-    p.add_argument("--clip", action="append", required=True, help="clip folder holding images/ (repeatable)")
+    p.add_argument("--clip", action="append", default=[], help="clip folder holding images/ (repeatable)")
+    p.add_argument("--clips_from", type=Path, help="text file with one clip folder per line")
     p.add_argument("--no_face_masks", action="store_true", help="only lip_masks/")
     p.add_argument("--no_lip_masks", action="store_true", help="only face_masks/")
     args = p.parse_args(argv)
+    clips = list(args.clip)
+    if args.clips_from:
+        clips += [line.strip() for line in args.clips_from.read_text().splitlines() if line.strip()]
+    if not clips:
+        p.error("give --clip DIR or --clips_from FILE")
     try:
         mesh = FaceMesh()
     except MissingPreprocessEnv as e:
         print(str(e), file=sys.stderr)
         return 3
     with mesh:
-        for clip in args.clip:
+        for clip in clips:
             s = write_masks(clip, mesh, lip=not args.no_lip_masks, face=not args.no_face_masks)
             print(json.dumps(asdict(s)), flush=True)
     return 0
