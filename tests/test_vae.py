@@ -167,3 +167,71 @@ def test_encode_decode_shapes_and_errors(tiny_vae):
         next(tiny_vae.decode_stream(torch.zeros(1, 4, 2, 2, 2)))
     with pytest.raises(ValueError, match="chunk"):
         next(tiny_vae.decode_stream(lat, chunk=0))
+
+
+# ------------------------------------------------------------------------------ long streams (>= 40 frames)
+def test_long_stream_equals_whole_decode(tiny_vae):
+    """41 latent frames (161 video frames), 4x4 latents; chunk sizes that do and do not divide the length."""
+    torch.manual_seed(2)
+    n = 41
+    z = torch.randn(1, 16, n, 4, 4)
+    with torch.no_grad():
+        whole = tiny_vae.decode(z)
+        assert whole.shape == (1, 3, 1 + 4 * (n - 1), 32, 32)
+        for chunk in (1, 3, 8, 16):
+            parts = list(tiny_vae.decode_stream(z, chunk=chunk))
+            sizes = [min(chunk, n - s) for s in range(0, n, chunk)]
+            assert [p.shape[2] for p in parts] == [1 + 4 * (sizes[0] - 1)] + [4 * s for s in sizes[1:]], chunk
+            diff = (torch.cat(parts, dim=2) - whole).abs().max().item()
+            assert diff <= 1e-6, (chunk, diff)
+
+
+def _held_tensor_bytes(obj, seen: set[int]) -> int:
+    """Bytes of the distinct tensor storages reachable from `obj` through dicts, lists and tuples (a view counts
+    its whole storage: that is what it keeps alive)."""
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        return sum(_held_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_held_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def _stream_state_bytes(vae: WanVAE, n_frames: int) -> tuple[list[int], list[int]]:
+    """Decode n_frames latent frames one at a time; after every yielded chunk record the bytes of the feature
+    caches and of every tensor the generator's frame holds (its input `latents` excepted: the caller owns it)."""
+    torch.manual_seed(3)
+    gen = vae.decode_stream(torch.randn(1, 16, n_frames, 4, 4), chunk=1)
+    cache_bytes, state_bytes = [], []
+    with torch.no_grad():
+        for _ in gen:
+            local = gen.gi_frame.f_locals
+            cache_bytes.append(_held_tensor_bytes(local["caches"], set()))
+            state_bytes.append(_held_tensor_bytes({k: v for k, v in local.items() if k not in ("latents", "self")},
+                                                  set()))
+    return cache_bytes, state_bytes
+
+
+def test_stream_state_does_not_grow_with_length(tiny_vae):
+    """The generator carries a fixed-size causal cache (<= 2 time steps per causal conv) and the current
+    chunk only: its tensors stop growing after the first chunks and do not depend on the video length."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    long_cache, long_state = _stream_state_bytes(tiny_vae, 48)
+    short_cache, short_state = _stream_state_bytes(tiny_vae, 12)
+    assert len(long_cache) == 48 and len(short_cache) == 12
+    n_convs = sum(isinstance(m, WanCausalConv3d) for m in tiny_vae.vae.decoder.modules())
+    cache = long_cache[-1]
+    assert cache > 0 and n_convs > 20
+    # warm-up: the first latent frame leaves one cached time step per conv, every later one two
+    assert long_cache[0] < long_cache[1]
+    assert set(long_cache[1:]) == {cache}, long_cache
+    assert set(long_state[1:]) == {long_state[1]}, long_state
+    assert short_cache == long_cache[:12] and short_state == long_state[:12]
+    # the rest of the state is one decoded chunk (4 frames of 3x32x32 float32) and its latent, nothing more
+    assert 0 < long_state[1] - cache < 2 * 4 * 3 * 32 * 32 * 4
