@@ -162,14 +162,19 @@ def run_masks(clip_dirs: list[Path], progress: bool) -> dict[str, M.MaskStats]:
     if not clip_dirs:
         return out
     runner = _mask_runner()
-    bar = _bar(range(len(clip_dirs)), progress, desc="masks", unit="clip")
-    bar_iter = iter(bar) if progress else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(clip_dirs), desc="masks", unit="clip")
     if runner is None:
         with M.FaceMesh() as mesh:
             for d in clip_dirs:
                 out[str(d)] = M.write_masks(d, mesh)
-                if bar_iter:
-                    next(bar_iter, None)
+                if bar:
+                    bar.update(1)
+        if bar:
+            bar.close()
         return out
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(str(d) for d in clip_dirs))
@@ -183,9 +188,11 @@ def run_masks(clip_dirs: list[Path], progress: bool) -> dict[str, M.MaskStats]:
             if line.startswith("{"):
                 s = M.MaskStats(**json.loads(line))
                 out[s.clip] = s
-                if bar_iter:
-                    next(bar_iter, None)
+                if bar:
+                    bar.update(1)
         rc = proc.wait()
+        if bar:
+            bar.close()
         if rc != 0:
             err.seek(0)
             tail = "\n".join(l for l in err.read().splitlines() if not l.startswith(("W0000", "I0000")))[-3000:]
