@@ -148,12 +148,18 @@ def test_builder_without_masks(raw_videos, tmp_path):
     assert lines == [str((out / "square" / "speech" / c).resolve()) for c in ("00001", "00004")]
 
 
-def test_builder_with_masks_resumable(raw_videos, tmp_path):
+@pytest.fixture(scope="module")
+def built_with_masks(raw_videos, tmp_path_factory):
     if not M.mediapipe_available() and M.preprocess_python() is None:
         pytest.skip(f"no preprocess venv (mediapipe 0.10.21): run `{M.SETUP_COMMAND}`")
-    out = tmp_path / "talking_face_data"
+    out = tmp_path_factory.mktemp("built") / "talking_face_data"
     r = _run(raw_videos, out)
     assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_builder_with_masks_resumable(raw_videos, built_with_masks):
+    out, r = built_with_masks
     clips = out / "square" / "speech"
     state = json.loads((clips / "prepare_state.json").read_text())["sources"]
     assert state["empty_room.mp4"]["status"] == "rejected"
@@ -192,3 +198,18 @@ def test_builder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     r = _run(tmp_path / "empty", tmp_path / "out", "--no_masks")
     assert r.returncode == 2 and "holds no video files" in r.stderr
+
+
+def test_training_loader_reads_the_built_dataset(built_with_masks):
+    """The training dataset (wan.data.dataset, another issue) reads what the builder wrote."""
+    dataset = pytest.importorskip("wan.data.dataset")
+    out, _ = built_with_masks
+    ds = dataset.TalkingVideoDataset(out / "video_square_path.txt", width=512, height=512, n_sample_frames=25)
+    assert len(ds) == 1
+    s = ds[(0, 0)]
+    assert tuple(s["pixel_values"].shape) == (25, 3, 512, 512) and s["fps"] == 25.0
+    assert s["text_prompt"] == "The protagonist is talking"
+    lip, face = s["tgt_lip_masks"], s["tgt_face_masks"]
+    assert tuple(lip.shape) == tuple(face.shape) == (1, 25, 512, 512)
+    assert 0.005 < float(lip[0, 0].mean()) < 0.05 and 0.05 < float(face[0, 0].mean()) < 0.4  # not all-ones
+    assert abs(s["vocal_waveform"].numel() - 16000) < 400  # 25 frames at 25 fps = 1 s of 16 kHz audio
