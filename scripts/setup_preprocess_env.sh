@@ -49,10 +49,10 @@ echo "creating the preprocess venv in $VENV (mediapipe 0.10.21, ~400 MB) ..." >&
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-# mediapipe without its declared deps (jax, jaxlib, opencv-contrib-python, sounddevice, sentencepiece: unused
-# by the face mesh); then the rest with a normal resolve (pins keep numpy/protobuf/cv2 where mediapipe needs them).
-"${PIP[@]}" --no-deps "${PINS[0]}"
+# what the face mesh imports (pinned), then mediapipe without its declared deps (jax, jaxlib,
+# opencv-contrib-python, sounddevice, sentencepiece: unused by the face mesh; `pip check` will name them).
 "${PIP[@]}" "${PINS[@]:1}"
+"${PIP[@]}" --no-deps "${PINS[0]}"
 check 2>/dev/null || { echo "the preprocess venv in $VENV does not import mediapipe's face mesh" >&2; exit 1; }
 printf '%s\n' "$WANT" > "$STAMP"
 echo "$VENV/bin/python"
