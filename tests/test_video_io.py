@@ -107,3 +107,17 @@ def test_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="mono"):
         Mp4Writer(tmp_path / "o.mp4", width=W, height=H, audio=np.zeros((2, 100), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_copy_video_stream_drops_audio_keeps_frames(tmp_path):
+    from wan.io.video import Mp4Writer, copy_video_stream, probe, read_video_frames
+
+    src = tmp_path / "a.mp4"
+    with Mp4Writer(src, 32, 16, audio=np.zeros(16000, np.float32)) as w:
+        w.write(np.random.default_rng(0).integers(0, 255, (10, 16, 32, 3), dtype=np.uint8))
+    dst = copy_video_stream(src, tmp_path / "b.mp4")
+    a, b = probe(src), probe(dst)
+    assert a.has_audio and not b.has_audio
+    assert b.num_frames == a.num_frames == 10 and b.video_codec == "h264"
+    assert np.array_equal(read_video_frames(src), read_video_frames(dst))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]

@@ -283,7 +283,7 @@ class StableAvatarPipeline:
         `video_without_audio.mp4` (the original's output name), both atomically, 25 fps."""
         from tqdm.auto import tqdm
 
-        from wan.io.video import Mp4Writer
+        from wan.io.video import Mp4Writer, copy_video_stream
 
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -291,13 +291,13 @@ class StableAvatarPipeline:
         paths = {"video": out / name, "video_without_audio": out / "video_without_audio.mp4"}
         bar = tqdm(total=result.num_frames, desc="decoding", unit="frame", disable=not progress)
         with Mp4Writer(paths["video"], result.width, result.height, fps=pc.fps, audio=result.audio,
-                       sample_rate=pc.sample_rate) as wa, \
-                Mp4Writer(paths["video_without_audio"], result.width, result.height, fps=pc.fps) as wv:
+                       sample_rate=pc.sample_rate) as writer:
             for frames in self.decode_frames(result.latents, chunk=chunk):
-                wa.write(frames[0], layout="CTHW")
-                wv.write(frames[0], layout="CTHW")
+                writer.write(frames[0], layout="CTHW")
                 bar.update(frames.shape[2])
         bar.close()
+        # the same H.264 stream without the audio (packets copied, not encoded twice)
+        copy_video_stream(paths["video"], paths["video_without_audio"])
         return paths
 
 

@@ -209,6 +209,28 @@ class Mp4Writer:
         self._tmp.unlink(missing_ok=True)
 
 
+def copy_video_stream(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write `dst` with the video stream of `src` only (packets copied, no re-encode), atomically."""
+    import av
+
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
+    try:
+        with av.open(str(src)) as inp, av.open(str(tmp), mode="w", format="mp4") as out:
+            vin = inp.streams.video[0]
+            vout = out.add_stream_from_template(vin)
+            for packet in inp.demux(vin):
+                if packet.dts is None:  # the demuxer's final flush packet
+                    continue
+                packet.stream = vout
+                out.mux(packet)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
+
+
 # ------------------------------------------------------------------------------------------------
 # readers (tests, checks)
 
