@@ -235,3 +235,20 @@ def test_stream_state_does_not_grow_with_length(tiny_vae):
     assert short_cache == long_cache[:12] and short_state == long_state[:12]
     # the rest of the state is one decoded chunk (4 frames of 3x32x32 float32) and its latent, nothing more
     assert 0 < long_state[1] - cache < 2 * 4 * 3 * 32 * 32 * 4
+
+
+def test_bench_vae_cpu_smoke(tmp_path, capsys):
+    """`python -m wan.bench vae` at tiny size on the CPU: three phases, printed and written to --json."""
+    import argparse
+    import json
+
+    from wan.bench import main, parse_size
+
+    args = argparse.Namespace(what="vae", sizes=[parse_size("32x48")], frames=5, spec="tiny", dtype=None,
+                              device="cpu", warmup=0, runs=1, json=str(tmp_path / "b.json"), chunk=1)
+    main(args)
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["what"] for r in results] == ["vae_encode", "vae_decode", "vae_decode_stream"]
+    assert all(r["dtype"] == "fp32" and r["size_wxh"] == "32x48" and r["latent_frames"] == 2 for r in results)
+    assert all(r["median_s"] > 0 for r in results) and results[2]["chunk"] == 1
+    assert capsys.readouterr().out.count("\n") == 3

@@ -2,6 +2,8 @@
 
     python -m wan.bench dit --sizes 480x832 --frames 81 [--spec stableavatar-1.3b] [--runs 5] [--json out.json]
     python -m wan.bench pipeline --sizes 480x832 --seconds 5 --steps 50 [--memory_mode model_cpu_offload]
+    python -m wan.bench vae --sizes 480x832 --frames 81 [--dtype fp32] [--chunk 4]
+    python -m wan.bench encoders --sizes 480x832 [--dtype bf16]
 
 Real-size models are built directly on the GPU with random weights (never a CPU init of 1.7 B parameters) and
 timed with CUDA events after warm-up; the median of `--runs` is reported with the peak memory. Sizes are W x H.
@@ -198,11 +200,148 @@ def bench_pipeline(args) -> dict:
     return res
 
 
+def _reset_peak(device: torch.device) -> float:
+    """Synchronise, reset the peak counter; returns the GiB allocated now (weights + inputs)."""
+    if device.type != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**30
+
+
+def _component_result(what: str, args, times: list[float], resident_gib: float, device: torch.device,
+                      **extra) -> dict:
+    res = {"what": what, "spec": args.spec, "dtype": args.dtype, **extra, "median_s": statistics.median(times),
+           "min_s": min(times), "runs": len(times)}
+    if device.type == "cuda":
+        res["resident_gib"] = resident_gib  # weights + inputs before the call
+        res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["device"] = torch.cuda.get_device_name()
+    res["torch"] = torch.__version__
+    return res
+
+
+def bench_vae(args) -> list[dict]:
+    """Wan VAE on random weights built on the device: encode of a `--frames` video, whole decode and streamed
+    decode (`--chunk` latent frames per step, each chunk copied to the host as the mp4 writer consumes it)
+    of its latent. Each phase: median of `--runs` after `--warmup`, peak memory of that phase."""
+    from wan.models.vae import WanVAE, build_autoencoder
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = get_config(args.spec).vae
+    width, height = args.size
+    if (args.frames - 1) % cfg.temporal_compression:
+        raise ValueError(f"--frames {args.frames}: the causal VAE needs 1 + 4k frames (e.g. 81)")
+    t0 = time.perf_counter()
+    with torch.device(device):
+        vae = WanVAE(cfg, build_autoencoder(cfg)).to(dtype).eval().requires_grad_(False)
+    build_s = time.perf_counter() - t0
+    g = torch.Generator(device="cpu").manual_seed(0)
+    video = (torch.rand(1, 3, args.frames, height, width, generator=g) * 2 - 1).to(device, dtype)
+    common = dict(size_wxh=f"{width}x{height}", frames=args.frames, latent_frames=(args.frames - 1) // 4 + 1,
+                  build_s=build_s, params=sum(p.numel() for p in vae.parameters()))
+    results = []
+    with torch.no_grad():
+        resident = _reset_peak(device)
+        times = _timer(lambda: vae.encode(video), args.warmup, args.runs, device)
+        results.append(_component_result("vae_encode", args, times, resident, device, **common))
+        latents = vae.encode(video)
+        del video
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        resident = _reset_peak(device)
+        times = _timer(lambda: vae.decode(latents), args.warmup, args.runs, device)
+        results.append(_component_result("vae_decode", args, times, resident, device, **common))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        def stream():
+            for part in vae.decode_stream(latents, chunk=args.chunk):
+                part.cpu()
+
+        resident = _reset_peak(device)
+        times = _timer(stream, args.warmup, args.runs, device)
+        results.append(_component_result("vae_decode_stream", args, times, resident, device, chunk=args.chunk,
+                                         **common))
+    return results
+
+
+def bench_encoders(args) -> list[dict]:
+    """umT5 encode of the pipeline's two prompts (negative + positive, padded to text_len) in `--dtype` (bf16 at
+    inference) and CLIP encode of one `--sizes` image (fp32 model, as the original; the image arrives in
+    `--dtype` like in the pipeline). Random weights built on the device, one model resident at a time."""
+    import tempfile
+
+    from wan.checkpoints.t5 import load_t5_tokenizer
+    from wan.models.clip import ImageEncoder, build_clip_vision
+    from wan.models.t5 import TextEncoder, build_umt5
+    from wan.testing.tiny_encoders import train_spiece, write_t5_tokenizer
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    spec = get_config(args.spec)
+    width, height = args.size
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="wan_bench_"))
+    tok = load_t5_tokenizer(write_t5_tokenizer(work / "tokenizer", train_spiece(160)))
+    prompts = [spec.pipeline.negative_prompt,
+               "A middle-aged woman with short light brown hair, wearing pearl earrings and a blue blazer, is "
+               "speaking passionately in front of a blurred background resembling a government building."]
+
+    t0 = time.perf_counter()
+    with torch.device(device):
+        t5 = TextEncoder(build_umt5(spec.t5, empty=False).to(dtype), tok, spec.t5.text_len)
+    build_s = time.perf_counter() - t0
+    resident = _reset_peak(device)
+    times = _timer(lambda: t5.encode(prompts), args.warmup, args.runs, device)
+    results.append(_component_result(
+        "t5_encode", args, times, resident, device, prompts=len(prompts), text_len=spec.t5.text_len,
+        tokens=[len(e) for e in t5.encode(prompts)], build_s=build_s,
+        params=sum(p.numel() for p in t5.parameters())))
+    del t5
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    t0 = time.perf_counter()
+    with torch.device(device):
+        clip = ImageEncoder(build_clip_vision(spec.clip, empty=False), spec.clip)
+    build_s = time.perf_counter() - t0
+    g = torch.Generator(device="cpu").manual_seed(0)
+    image = (torch.rand(1, 3, height, width, generator=g) * 2 - 1).to(device, dtype)
+    resident = _reset_peak(device)
+    times = _timer(lambda: clip.encode(image), args.warmup, args.runs, device)
+    results.append(_component_result(
+        "clip_encode", args, times, resident, device, size_wxh=f"{width}x{height}", model_dtype="fp32",
+        out_shape=list(clip.encode(image).shape), build_s=build_s,
+        params=sum(p.numel() for p in clip.parameters())))
+    return results
+
+
+def _component_line(r: dict) -> str:
+    """One printed line for the vae / encoder results."""
+    shape = f"{r['size_wxh']} x{r['frames']}" if "frames" in r else r.get("size_wxh", f"{r.get('prompts')} prompts")
+    extra = f" chunk {r['chunk']}" if "chunk" in r else ""
+    return (f"{r['what']:17s} {shape:>14s} {r['dtype']}{extra}: median {r['median_s']:.3f} s "
+            f"(min {r['min_s']:.3f}, {r['runs']} runs)"
+            + (f", peak {r['peak_gib']:.2f} GiB (resident {r['resident_gib']:.2f})" if "peak_gib" in r else ""))
+
+
 def main(args: argparse.Namespace) -> None:
     results = []
+    if args.dtype is None:  # as at inference: the VAE in float32, everything else in bf16
+        args.dtype = "fp32" if args.what == "vae" else "bf16"
+    bench = {"dit": bench_dit, "pipeline": bench_pipeline, "vae": bench_vae, "encoders": bench_encoders}[args.what]
     for size in args.sizes:
         a = argparse.Namespace(**{**vars(args), "size": size})
-        results.append({"dit": bench_dit, "pipeline": bench_pipeline}[args.what](a))
+        out = bench(a)
+        if isinstance(out, list):  # component benchmarks: one result per phase / model
+            results.extend(out)
+            for r in out:
+                print(_component_line(r), flush=True)
+            continue
+        results.append(out)
         r = results[-1]
         if r["what"] == "pipeline":
             print(f"pipeline {r['size_wxh']} {r['seconds']} s audio, {r['steps']} steps, {r['memory_mode']}: "
@@ -219,11 +358,12 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dit", "pipeline"])
+    p.add_argument("what", choices=["dit", "pipeline", "vae", "encoders"])
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("480x832")], help="W x H, e.g. 480x832 512x512")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--spec", default="stableavatar-1.3b")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
+                   help="default: fp32 for vae (as at inference), bf16 otherwise (encoders: the T5's; CLIP is fp32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=5)
@@ -232,4 +372,5 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=50, help="pipeline: denoising steps")
     p.add_argument("--overlap", type=int, default=5, help="pipeline: overlap_window_length")
     p.add_argument("--memory_mode", default="model_full_load", help="pipeline: GPU memory mode")
+    p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
     main(p.parse_args())
