@@ -195,7 +195,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tree, data, tmp_path):
     def losses(text):
         return {line.split()[1]: line.split()[2] for line in text.splitlines() if line.startswith("STEP")}
 
-    assert losses(resumed.stdout)["4"] == losses(full.stdout)["4"] == losses(killed.stdout)["4"]
+    lf, lk, lr = losses(full.stdout), losses(killed.stdout), losses(resumed.stdout)
+    assert lr["4"] == lf["4"] == lk["4"], (lf, lk, lr)
     a = load_state_dict_file(tmp_path / "full" / "checkpoint-7" / "transformer3d-checkpoint-7.pt")
     b = load_state_dict_file(cut / "checkpoint-7" / "transformer3d-checkpoint-7.pt")
     assert a.keys() == b.keys()

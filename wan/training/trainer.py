@@ -176,6 +176,9 @@ class Trainer:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)  # Python, numpy and torch RNGs (the original seeds them the same way)
         # 1. models (frozen encoders in the training dtype, wav2vec2 in float32, as the original)
         self._load_models()
 
@@ -268,7 +271,10 @@ class Trainer:
 
         acc = self.accelerator
         sampler = PlanSampler(self.dataset.lengths, self.cfg.seed, epoch, acc.process_index, acc.num_processes, start)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=1, sampler=sampler, collate_fn=collate,
+        # its own generator: creating an iterator would otherwise draw from the global torch RNG, which a
+        # resumed run (new iterator mid-epoch) and an uninterrupted one (no new iterator) would not share
+        g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+        return torch.utils.data.DataLoader(self.dataset, batch_size=1, sampler=sampler, collate_fn=collate, generator=g,
                                            num_workers=self.cfg.dataloader_num_workers,
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
