@@ -398,3 +398,18 @@ def test_bad_flags_are_value_errors(tree, data, tmp_path):
         config_from_args(parse(base + ["--use_deepspeed"]), train_1B_square.BUCKETS)
     with pytest.raises(ValueError, match="4k\\+1"):
         config_from_args(parse(base + ["--video_sample_n_frames=10"]), train_1B_square.BUCKETS)
+
+
+def test_bench_step_runs_tiny_on_cpu(tmp_path):
+    """The GPU benchmark's code path (random weights, VAE encode, ZeRO-2 through accelerate) at tiny size."""
+    pytest.importorskip("deepspeed")
+    import json
+
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MASTER_PORT=str(28500 + os.getpid() % 1000))
+    r = subprocess.run([sys.executable, "-m", "wan.training.bench_step", "--size", "32x32", "--frames", "9", "--zero", "2",
+                        "--fp32", "--model_spec", "tiny", "--steps", "2", "--json", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["zero"] == 2 and res["vae"] and res["step_s"] > 0 and all(np.isfinite(res["losses"]))

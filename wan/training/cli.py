@@ -111,6 +111,7 @@ def config_from_args(args: argparse.Namespace, buckets: tuple[Bucket, ...]):
         args,
         train_lists=tuple(getattr(args, f"train_data_{b.name}_dir") for b in buckets),
         buckets=tuple(sizes), bucket_names=tuple(b.name for b in buckets),
+        validation_size=tuple(sizes[-1]),  # the original validates rec_vec at 480x832 (portrait), square at 512x512
         report_to=None if args.report_to in (None, "none") else args.report_to,
         max_train_steps=args.max_train_steps,
     )

@@ -46,8 +46,8 @@ from wan.training.loss import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "trainable_parameter_names", "set_trainable", "CachedTextEncoder", "latest_checkpoint",
-           "TRAINED_KEYWORDS"]
+__all__ = ["Trainer", "Conditioning", "diffusion_loss", "deepspeed_plugin", "trainable_parameter_names", "set_trainable",
+           "CachedTextEncoder", "latest_checkpoint", "TRAINED_KEYWORDS"]
 
 # a DiT parameter trains when its name contains one of these (the original's full-training filter): all
 # blocks and the audio adapter; patch/text/time embeddings, head and img_emb stay frozen
@@ -109,6 +109,61 @@ class Conditioning:
     is_clip_level_modeling: bool
 
 
+def diffusion_loss(model: nn.Module, c: Conditioning, face: Tensor, lip: Tensor, cfg: TrainConfig, timesteps: Tensor,
+                   sigmas: Tensor, index_range: tuple[int, int], generator: torch.Generator,
+                   patch_size: tuple[int, int, int] = (1, 2, 2)) -> Tensor:
+    """Steps 3-4 of the module docstring for one conditioned batch: noise (on `generator`), a timestep index,
+    the DiT forward under bf16 autocast, the masked MSE (+ motion term). face, lip: pixel masks [B, 1, T, H, W];
+    timesteps, sigmas: `train_schedule()`. Returns the scalar loss."""
+    latents = c.latents
+    dev = latents.device
+    b, _, f, h, w = latents.shape
+    noise = torch.randn(latents.shape, generator=generator, device=dev, dtype=latents.dtype)
+    idx = sample_timestep_indices(b, index_range, generator, dev, None if cfg.uniform_sampling else cfg.weighting_scheme,
+                                  cfg.train_sampling_steps, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
+    t = timesteps[idx].to(dev)
+    x_t, target = add_noise(latents, noise, sigmas[idx])
+    seq_len = math.ceil(h * w / (patch_size[1] * patch_size[2]) * f)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+        pred = model(x=x_t, t=t, context=c.context, seq_len=seq_len, clip_fea=c.clip_fea, y=c.y,
+                     vocal_embeddings=c.vocal_embeddings, is_clip_level_modeling=c.is_clip_level_modeling,
+                     video_sample_n_frames=cfg.video_sample_n_frames)
+    face = resize_masks(face, (f, h, w))
+    lip = resize_masks(lip, (f, h, w))
+    weighting = None if cfg.weighting_scheme == "none" else loss_weighting(cfg.weighting_scheme, sigmas[idx].to(dev))
+    r = torch.rand(1).item()  # the global torch RNG, as the original
+    loss = masked_flow_loss(pred, target, face, lip, r, weighting)
+    if cfg.motion_sub_loss and pred.shape[1] > 2:
+        loss = loss * (1 - cfg.motion_sub_loss_ratio) + motion_loss(pred, target) * cfg.motion_sub_loss_ratio
+    return loss
+
+
+def deepspeed_plugin(cfg: TrainConfig, world_size: int | None = None):
+    """accelerate's DeepSpeedPlugin from `cfg.deepspeed_config` with its "auto" values filled from the run
+    (no DataLoader is handed to accelerate, so it could not fill them itself)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    ds = json.loads(Path(cfg.deepspeed_config).read_text())
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    fill = {
+        "train_micro_batch_size_per_gpu": cfg.train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps * world,
+        "gradient_clipping": cfg.max_grad_norm,
+    }
+    for k, v in fill.items():
+        if ds.get(k, "auto") == "auto":
+            ds[k] = v
+    ds.setdefault("bf16", {})
+    if ds["bf16"].get("enabled", "auto") == "auto":
+        ds["bf16"]["enabled"] = cfg.mixed_precision == "bf16"
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ValueError(f"{cfg.deepspeed_config}: remove the optimizer/scheduler sections; the trainer builds "
+                         "AdamW and the LR schedule from its own flags")
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    return DeepSpeedPlugin(hf_ds_config=ds)
+
+
 class Trainer:
     """`Trainer(cfg).train()`; `on_step(trainer, global_step, loss)` is called after every optimizer step."""
 
@@ -127,7 +182,7 @@ class Trainer:
         cfg = self.cfg
         kw = {}
         if cfg.deepspeed_config:
-            kw["deepspeed_plugin"] = self._deepspeed_plugin()
+            kw["deepspeed_plugin"] = deepspeed_plugin(cfg)
         project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir))
         report_to = cfg.report_to
         if report_to == "tensorboard":
@@ -138,31 +193,6 @@ class Trainer:
                 report_to = None
         return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                            mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project, **kw)
-
-    def _deepspeed_plugin(self):
-        """The JSON with its "auto" values filled from this run (no DataLoader is handed to accelerate)."""
-        from accelerate.utils import DeepSpeedPlugin
-
-        cfg = self.cfg
-        ds = json.loads(Path(cfg.deepspeed_config).read_text())
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        fill = {
-            "train_micro_batch_size_per_gpu": cfg.train_batch_size,
-            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-            "train_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps * world,
-            "gradient_clipping": cfg.max_grad_norm,
-        }
-        for k, v in fill.items():
-            if ds.get(k, "auto") == "auto":
-                ds[k] = v
-        ds.setdefault("bf16", {})
-        if ds["bf16"].get("enabled", "auto") == "auto":
-            ds["bf16"]["enabled"] = cfg.mixed_precision == "bf16"
-        if "optimizer" in ds or "scheduler" in ds:
-            raise ValueError(f"{cfg.deepspeed_config}: remove the optimizer/scheduler sections; the trainer builds "
-                             "AdamW and the LR schedule from its own flags")
-        ds.setdefault("zero_allow_untested_optimizer", True)
-        return DeepSpeedPlugin(hf_ds_config=ds)
 
     def setup(self) -> None:
         """Build the accelerator, models, data, optimizer and schedule; resume if asked."""
@@ -313,32 +343,11 @@ class Trainer:
 
     def loss(self, batch: dict) -> Tensor:
         """Steps 2-4: conditioning, noising, forward, masked flow-matching loss (a scalar)."""
-        cfg, dev = self.cfg, self.device
         c = self.condition(batch)
-        latents = c.latents
-        b, _, f, h, w = latents.shape
-        noise = torch.randn(latents.shape, generator=self.generator, device=dev, dtype=latents.dtype)
-        idx = sample_timestep_indices(b, self.index_range, self.generator, dev,
-                                      None if cfg.uniform_sampling else cfg.weighting_scheme, cfg.train_sampling_steps,
-                                      cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
-        t = self.timesteps[idx].to(dev)
-        x_t, target = add_noise(latents, noise, self.sigmas[idx])
-        p = self.dit.cfg.patch_size
-        seq_len = math.ceil(h * w / (p[1] * p[2]) * f)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-            pred = self.model(x=x_t, t=t, context=c.context, seq_len=seq_len, clip_fea=c.clip_fea, y=c.y,
-                              vocal_embeddings=c.vocal_embeddings, is_clip_level_modeling=c.is_clip_level_modeling,
-                              video_sample_n_frames=cfg.video_sample_n_frames)
-        face = resize_masks(batch["tgt_face_masks"].to(dev, self.weight_dtype), (f, h, w))
-        lip = resize_masks(batch["tgt_lip_masks"].to(dev, self.weight_dtype), (f, h, w))
-        weighting = None
-        if cfg.weighting_scheme != "none":
-            weighting = loss_weighting(cfg.weighting_scheme, self.sigmas[idx].to(dev))
-        r = torch.rand(1).item()  # the global torch RNG, as the original
-        loss = masked_flow_loss(pred, target, face, lip, r, weighting)
-        if cfg.motion_sub_loss and pred.shape[1] > 2:
-            loss = loss * (1 - cfg.motion_sub_loss_ratio) + motion_loss(pred, target) * cfg.motion_sub_loss_ratio
-        return loss
+        face = batch["tgt_face_masks"].to(self.device, self.weight_dtype)
+        lip = batch["tgt_lip_masks"].to(self.device, self.weight_dtype)
+        return diffusion_loss(self.model, c, face, lip, self.cfg, self.timesteps, self.sigmas, self.index_range,
+                              self.generator, self.dit.cfg.patch_size)
 
     def _clip_gradients(self) -> float | None:
         cfg, acc = self.cfg, self.accelerator
