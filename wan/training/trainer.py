@@ -427,6 +427,7 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # model, optimizer, scheduler, RNG of every process
         torch.save(self.generator.get_state(), tmp / f"noise_generator_{acc.process_index}.pt")
+        acc.wait_for_everyone()  # every rank's files are in before the folder is renamed
         state = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards; every rank must call it
         if acc.is_main_process:
             if cfg.train_lora:
