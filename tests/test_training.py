@@ -297,13 +297,15 @@ def test_lora_targets_names_and_roundtrip(tmp_path):
 
 
 def test_lora_training_saves_adapter_that_inference_loads(tree, data, tmp_path, one_thread):
-    from wan.checkpoints import CheckpointError, load_state_dict_file
+    from wan.checkpoints import CheckpointError, load_state_dict_file, unwrap_state_dict
     from wan.checkpoints.dit import load_dit
     from wan.training.lora import apply_lora
 
     out = tmp_path / "lora"
+    released = tree / "StableAvatar-1.3B" / "transformer3d-rec-vec.pt"  # fine-tune from a released checkpoint
     tr = in_process_trainer(args_for(tree, data, out, "--max_train_steps=3", "--checkpointing_steps=3", "--train_lora",
-                                     "--rank=4", "--network_alpha=2", script="rec_vec"), script="rec_vec")
+                                     "--rank=4", "--network_alpha=2", f"--transformer_path={released}",
+                                     script="rec_vec"), script="rec_vec")
     try:
         tr.setup()
         base = {k: v.clone() for k, v in tr.dit.state_dict().items()}
@@ -316,6 +318,8 @@ def test_lora_training_saves_adapter_that_inference_loads(tree, data, tmp_path, 
     sd = load_state_dict_file(ckpt_dir / "transformer3d-checkpoint-3.pt")
     assert not [k for k in sd if "lora" in k or "base_layer" in k]
     assert torch.equal(sd["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.base_layer.weight"])
+    assert torch.equal(base["blocks.0.self_attn.q.base_layer.weight"],
+                       unwrap_state_dict(load_state_dict_file(released))["blocks.0.self_attn.q.weight"].float())
     assert not torch.equal(sd["blocks.0.cross_attn.k_vocal.weight"], base["blocks.0.cross_attn.k_vocal.weight"])
 
     # inference: transformer3d (base + trained adapter) + the LoRA file == the trained model
