@@ -161,6 +161,11 @@ def deepspeed_plugin(cfg: TrainConfig, world_size: int | None = None):
         raise ValueError(f"{cfg.deepspeed_config}: remove the optimizer/scheduler sections; the trainer builds "
                          "AdamW and the LR schedule from its own flags")
     ds.setdefault("zero_allow_untested_optimizer", True)
+    if cfg.mixed_precision == "bf16":
+        # DeepSpeed >= 0.17 switches an outer torch.autocast OFF inside engine.forward unless its own
+        # `torch_autocast` section is on; the DiT needs autocast (fp32 islands feed bf16 Linears), as the
+        # original's training (older DeepSpeed, outer autocast) ran it.
+        ds.setdefault("torch_autocast", {"enabled": True, "dtype": "bfloat16"})
     return DeepSpeedPlugin(hf_ds_config=ds)
 
 
