@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pretrained_model_name_or_path", required=True, help="the Wan2.1-Fun-V1.1-1.3B-InP folder")
     a("--transformer_path", default=None, help="StableAvatar DiT weights (.pt as released, or our .safetensors); "
       "without it the audio adapter is untrained and the audio has no effect")
+    a("--lora_path", default=None, help="LoRA weights from training with --train_lora (lora-checkpoint-<step>.pt), "
+      "merged into the DiT; pair it with that run's --transformer_path")
     a("--pretrained_wav2vec_path", required=True, help="the wav2vec2-base-960h folder")
     a("--validation_reference_path", required=True, help="reference image (any size; resized to width x height)")
     a("--validation_driven_audio_path", required=True, help="driving audio (wav/flac/mp3/m4a or a video's audio)")
@@ -103,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
     pipe = StableAvatarPipeline.from_checkpoints(
         args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
         device=device, dtype=dtype, load_device="cpu" if offload else device, spec=get_config(args.model_spec))
+    if args.lora_path:  # merged before the memory mode, so qfloat8 quantises the merged weights
+        from wan.training.lora import apply_lora
+
+        apply_lora(pipe.dit, args.lora_path, merge=True)
     apply_memory_mode(pipe, args.GPU_memory_mode)
     load_s = time.perf_counter() - t0
 

@@ -105,3 +105,24 @@ def test_bad_inputs_fail_cleanly(tree, tmp_path, case):
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "error:" in r.stderr
     assert not out.exists() or not any(out.iterdir()), "partial output left behind"
+
+
+def test_lora_path_is_merged(tree, tmp_path):
+    import torch
+
+    from wan.checkpoints.dit import load_dit
+    from wan.io.video import probe
+    from wan.training.lora import add_lora, save_lora
+
+    dit = load_dit(tree / "Wan2.1-Fun-V1.1-1.3B-InP", tree / "StableAvatar-1.3B" / "transformer3d-square.pt",
+                   dtype=torch.float32)
+    add_lora(dit, rank=4, alpha=4)
+    with torch.no_grad():
+        for n, p in dit.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    lora = tmp_path / "lora.pt"
+    save_lora(dit, lora)
+    r, out = run(tree, tmp_path, speech(1.0, tmp_path), f"--lora_path={lora}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert probe(out / "video.mp4").num_frames == expected_frames(16000)
