@@ -34,6 +34,9 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        # seam for sequence parallelism (wan.distributed.usp sets an all-to-all attention over the split
+        # sequence); only the self-attention uses it, cross-attention contexts are never split
+        self.attention_fn = attention
 
     def forward(self, x: Tensor, freqs: Tensor, dtype: torch.dtype) -> Tensor:
         """x: [B, S, dim]; freqs: complex128 [S_real, 1, head_dim/2] -> [B, S, dim]."""
@@ -41,7 +44,7 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x.to(dtype))).view(b, s, n, d)
         k = self.norm_k(self.k(x.to(dtype))).view(b, s, n, d)
         v = self.v(x.to(dtype)).view(b, s, n, d)
-        out = attention(rope_apply(q, freqs).to(dtype), rope_apply(k, freqs).to(dtype), v.to(dtype)).to(dtype)
+        out = self.attention_fn(rope_apply(q, freqs).to(dtype), rope_apply(k, freqs).to(dtype), v.to(dtype)).to(dtype)
         return self.o(out.flatten(2))
 
 
@@ -143,6 +146,24 @@ def _linear_fp32(layer: nn.Linear, x: Tensor) -> Tensor:
     return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
 
 
+class TokenSplit:
+    """The DiT's seam for parallel inference, identity on one process: how the guidance batch and the token
+    sequence of one forward are split across processes after the audio adapter, and gathered after the head.
+    `wan.distributed` replaces it from outside (`dit.token_split = DiTSplit(...)`)."""
+
+    def shard_tokens(self, tokens: Tensor, freqs: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+        """tokens: [B, S, dim]; freqs: [S_real, 1, head_dim/2] -> this process's share of both."""
+        return tokens, freqs
+
+    def shard_batch(self, x: Tensor) -> Tensor:
+        """x: [B, ...] (time embeddings, contexts) -> this process's guidance branches."""
+        return x
+
+    def gather(self, out: Tensor, num_groups: int) -> Tensor:
+        """out: this process's head output -> [B, S, prod(patch)*out_dim] on every process."""
+        return out
+
+
 class WanTransformer3DFantasyModel(nn.Module):
     """The DiT. `forward` takes batched tensors; see its docstring for the guidance-batch convention."""
 
@@ -159,6 +180,7 @@ class WanTransformer3DFantasyModel(nn.Module):
         self.img_emb = MLPProj(cfg.clip_dim, dim, cfg.img_emb_eps)
         self.vocal_projector = VocalProjector(cfg)
         self.gradient_checkpointing = False
+        self.token_split = TokenSplit()
 
     # --- pieces of the forward, separate so that parallel/caching wrappers can reuse them ---------------
 
@@ -260,14 +282,17 @@ class WanTransformer3DFantasyModel(nn.Module):
             vc = vc.flatten(1, 2)
         freqs = rope_freqs_for_grid(grid, self.cfg.head_dim, tokens.device, self.cfg.rope_max_positions,
                                     self.cfg.rope_theta)
-        h = tokens
+        # parallel inference splits the batch / sequence here, after the adapter (identity on one process)
+        split = self.token_split
+        h, freqs = split.shard_tokens(tokens, freqs, num_groups)
+        e, e0, ctx, vc = (split.shard_batch(u) for u in (e, e0, ctx, vc))
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = torch.utils.checkpoint.checkpoint(block, h, e0, freqs, ctx, vc, num_groups, dtype,
                                                       use_reentrant=False)
             else:
                 h = block(h, e0, freqs, ctx, vc, num_groups, dtype)
-        return self.unpatchify(self.head(h, e), grid)
+        return self.unpatchify(split.gather(self.head(h, e), num_groups), grid)
 
 
 def original_guidance_audio(vocal_embeddings: Tensor) -> tuple[Tensor, list[bool] | None]:
