@@ -1,6 +1,8 @@
 """Benchmark entry point: every figure in BENCHMARKS.md comes from here (or from a command named there).
 
     python -m wan.bench dit --sizes 480x832 --frames 81 [--spec stableavatar-1.3b] [--runs 5] [--json out.json]
+    python -m wan.bench dit --fast [--no_compile] [--precision] --sizes 480x832 512x512 --frames 81
+    python -m wan.bench dit_precision --sizes 480x832 --frames 81 [--no_compile]
     python -m wan.bench pipeline --sizes 480x832 --seconds 5 --steps 50 [--memory_mode model_cpu_offload]
     python -m wan.bench vae --sizes 480x832 --frames 81 [--dtype fp32] [--chunk 4]
     python -m wan.bench encoders --sizes 480x832 [--dtype bf16]
@@ -76,19 +78,90 @@ def dit_inputs(spec_name: str, width: int, height: int, frames: int, device: tor
     )
 
 
-def bench_dit(args) -> dict:
+def _random_dit(spec_name: str, device: torch.device, dtype: torch.dtype):
+    """The real-size DiT with random weights built on `device`; the zero-initialised audio keys/values get the
+    Linear default init too, so that every branch of the block computes something."""
     from wan.models.dit import WanTransformer3DFantasyModel
 
+    with torch.device(device):
+        model = WanTransformer3DFantasyModel(get_config(spec_name).dit)
+        for block in model.blocks:
+            block.cross_attn.k_vocal.reset_parameters()
+            block.cross_attn.v_vocal.reset_parameters()
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def _dit_bench_inputs(spec_name: str, width: int, height: int, frames: int, device: torch.device,
+                      dtype: torch.dtype) -> dict:
+    inputs = dit_inputs(spec_name, width, height, frames, device, dtype)
+    if device.type == "cpu":  # CPU autocast leaves nn.LayerNorm in its input dtype: no float32 inputs there
+        inputs.update(clip_fea=inputs["clip_fea"].to(dtype), vocal_embeddings=inputs["vocal_embeddings"].to(dtype))
+    return inputs
+
+
+def _fast_info(model) -> dict:
+    state = getattr(model, "_fast_state", None)
+    if state is None:
+        return {"fast": False}
+    return {"fast": True, "compiled": state.compiled is not None, "compile_failed": state.compile_failed,
+            "fp32_residual": state.fp32_residual}
+
+
+def dit_precision(model, inputs: dict, spec_name: str, device: torch.device, dtype: torch.dtype) -> dict:
+    """Relative L2 error, against a float32 forward with the same weights (no autocast, no TF32), of the
+    reference `dtype`-autocast forward (the original's precision layout) and of the fast forward.
+
+    model: the `dtype` model (fast enabled or not: the fast path is enabled for the comparison either way, with
+    its existing state if there is one)."""
+    from wan.models.fast import disable_fast, enable_fast
+
+    ac = torch.autocast(device.type, dtype=dtype)
+    fp32 = _random_dit(spec_name, device, torch.float32)
+    fp32.load_state_dict(model.state_dict())  # the same (dtype-representable) weights
+    inputs32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else
+                    [u.float() for u in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else v)
+                for k, v in inputs.items()}
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref32 = fp32(**inputs32).float()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        fp32_s = time.perf_counter() - t0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    del fp32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    def rel(out):
+        return ((out.float() - ref32).norm() / ref32.norm()).item()
+
+    state = getattr(model, "_fast_state", None)
+    disable_fast(model)
+    with torch.no_grad(), ac:
+        ref_err = rel(model(**inputs))
+    state = enable_fast(model, state=state, compile=state is None)
+    with torch.no_grad(), ac:
+        fast_err = rel(model(**inputs))
+    return {"ref_bf16_rel_l2": ref_err, "fast_rel_l2": fast_err, "fast_over_ref": fast_err / ref_err,
+            "fp32_forward_s": fp32_s, **_fast_info(model)}
+
+
+def bench_dit(args) -> dict:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    cfg = get_config(args.spec).dit
     width, height = args.size
     t0 = time.perf_counter()
-    with torch.device(device):
-        model = WanTransformer3DFantasyModel(cfg)
-    model = model.to(dtype).eval().requires_grad_(False)
+    model = _random_dit(args.spec, device, dtype)
     build_s = time.perf_counter() - t0
-    inputs = dit_inputs(args.spec, width, height, args.frames, device, dtype)
+    if getattr(args, "fast", False):
+        from wan.models.fast import enable_fast
+
+        enable_fast(model, compile=not args.no_compile)
+    inputs = _dit_bench_inputs(args.spec, width, height, args.frames, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -98,17 +171,45 @@ def bench_dit(args) -> dict:
         with torch.no_grad(), autocast:
             return model(**inputs)
 
-    times = _timer(step, args.warmup, args.runs, device)
+    t0 = time.perf_counter()  # the first call includes torch.compile's compilation on the fast path
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - t0
+    times = _timer(step, max(args.warmup - 1, 0), args.runs, device)
     res = {
         "what": "dit_forward", "spec": args.spec, "size_wxh": f"{width}x{height}", "frames": args.frames,
         "batch": 3, "tokens": inputs["seq_len"], "dtype": args.dtype, "median_s": statistics.median(times),
-        "min_s": min(times), "runs": len(times), "build_s": build_s,
-        "params": sum(p.numel() for p in model.parameters()),
+        "min_s": min(times), "runs": len(times), "first_call_s": first_call_s, "build_s": build_s,
+        "params": sum(p.numel() for p in model.parameters()), **_fast_info(model),
     }
     if device.type == "cuda":
         res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         res["device"] = torch.cuda.get_device_name()
     res["torch"] = torch.__version__
+    if getattr(args, "precision", False) and dtype != torch.float32:
+        res["precision"] = dit_precision(model, inputs, args.spec, device, dtype)
+    return res
+
+
+def bench_dit_precision(args) -> dict:
+    """`dit_precision`: the fast and the reference bf16 forwards against a float32 forward, real size, random
+    weights (rounded to bf16 so that all three use the same weights)."""
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    if dtype == torch.float32:
+        raise ValueError("dit_precision compares a low-precision forward against float32: use --dtype bf16")
+    width, height = args.size
+    model = _random_dit(args.spec, device, dtype)
+    from wan.models.fast import enable_fast
+
+    enable_fast(model, compile=not args.no_compile)
+    inputs = _dit_bench_inputs(args.spec, width, height, args.frames, device, dtype)
+    res = {"what": "dit_precision", "spec": args.spec, "size_wxh": f"{width}x{height}", "frames": args.frames,
+           "batch": 3, "tokens": inputs["seq_len"], "dtype": args.dtype,
+           **dit_precision(model, inputs, args.spec, device, dtype), "torch": torch.__version__}
+    if device.type == "cuda":
+        res["device"] = torch.cuda.get_device_name()
     return res
 
 
@@ -164,6 +265,10 @@ def bench_pipeline(args) -> dict:
     t0 = time.perf_counter()
     pipe = build_random_pipeline(args.spec, device, dtype, work, on_cpu=args.memory_mode != "model_full_load")
     apply_memory_mode(pipe, args.memory_mode)
+    if args.fast:
+        from wan.models.fast import enable_fast
+
+        enable_fast(pipe.dit, compile=not args.no_compile)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
@@ -191,7 +296,7 @@ def bench_pipeline(args) -> dict:
         "seconds": args.seconds, "steps": args.steps, "memory_mode": args.memory_mode, "dtype": args.dtype,
         "video_frames": info.num_frames, "audio_codec": info.audio_codec, "build_s": build_s,
         "generate_s": t2 - t1, "per_step_s": (t2 - t1) / args.steps, "decode_write_s": t3 - t2,
-        "wall_s": t3 - t1, "timings": out.timings,
+        "wall_s": t3 - t1, "timings": out.timings, **_fast_info(pipe.dit),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if device.type == "cuda":
@@ -332,7 +437,8 @@ def main(args: argparse.Namespace) -> None:
     results = []
     if args.dtype is None:  # as at inference: the VAE in float32, everything else in bf16
         args.dtype = "fp32" if args.what == "vae" else "bf16"
-    bench = {"dit": bench_dit, "pipeline": bench_pipeline, "vae": bench_vae, "encoders": bench_encoders}[args.what]
+    bench = {"dit": bench_dit, "dit_precision": bench_dit_precision, "pipeline": bench_pipeline, "vae": bench_vae,
+             "encoders": bench_encoders}[args.what]
     for size in args.sizes:
         a = argparse.Namespace(**{**vars(args), "size": size})
         out = bench(a)
@@ -343,13 +449,22 @@ def main(args: argparse.Namespace) -> None:
             continue
         results.append(out)
         r = results[-1]
+        if r["what"] == "dit_precision" or "precision" in r:
+            pr = r.get("precision", r)
+            print(f"precision {r['size_wxh']:>9s} x{r['frames']:<4d} rel. L2 vs float32: reference {args.dtype} "
+                  f"{pr['ref_bf16_rel_l2']:.3e}, fast {pr['fast_rel_l2']:.3e} (ratio {pr['fast_over_ref']:.3f}; "
+                  f"compiled {pr.get('compiled')}, float32 forward {pr['fp32_forward_s']:.1f} s)", flush=True)
+            if r["what"] == "dit_precision":
+                continue
         if r["what"] == "pipeline":
             print(f"pipeline {r['size_wxh']} {r['seconds']} s audio, {r['steps']} steps, {r['memory_mode']}: "
                   f"wall {r['wall_s']:.1f} s ({r['per_step_s']:.2f} s/step, decode+write {r['decode_write_s']:.1f} s), "
                   f"{r['video_frames']} frames, peak VRAM {r.get('peak_vram_gib', 0):.2f} GiB, "
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
             continue
-        print(f"{r['what']:12s} {r['size_wxh']:>9s} x{r['frames']:<4d} tokens {r['tokens']:6d} {r['dtype']}: "
+        fast = ("" if not r.get("fast") else
+                f" fast({'compiled' if r['compiled'] else 'eager'}, first call {r['first_call_s']:.1f} s)")
+        print(f"{r['what']:12s} {r['size_wxh']:>9s} x{r['frames']:<4d} tokens {r['tokens']:6d} {r['dtype']}{fast}: "
               f"median {r['median_s']:.3f} s (min {r['min_s']:.3f}, {r['runs']} runs)"
               + (f", peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""), flush=True)
     if args.json:
@@ -358,7 +473,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dit", "pipeline", "vae", "encoders"])
+    p.add_argument("what", choices=["dit", "dit_precision", "pipeline", "vae", "encoders"])
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("480x832")], help="W x H, e.g. 480x832 512x512")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--spec", default="stableavatar-1.3b")
@@ -373,4 +488,8 @@ if __name__ == "__main__":
     p.add_argument("--overlap", type=int, default=5, help="pipeline: overlap_window_length")
     p.add_argument("--memory_mode", default="model_full_load", help="pipeline: GPU memory mode")
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
+    p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
+    p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
+    p.add_argument("--precision", action="store_true",
+                   help="dit: also compare reference and fast bf16 against a float32 forward (as dit_precision)")
     main(p.parse_args())

@@ -87,7 +87,8 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     q = rope_real(_rms_norm_f32(sa.norm_q, sa.q(h)).view(b, s, n, d), cos, sin).to(dtype)
     k = rope_real(_rms_norm_f32(sa.norm_k, sa.k(h)).view(b, s, n, d), cos, sin).to(dtype)
     v = sa.v(h).view(b, s, n, d).to(dtype)
-    y = sa.o(attention(q, k, v).flatten(2).to(dtype))
+    # the model's sequence-parallel seam (`attention` itself on one process)
+    y = sa.o(getattr(sa, "attention_fn", attention)(q, k, v).flatten(2).to(dtype))
     x = (x.float() + y.float() * m[2]).to(res_dtype)
 
     # 2. cross-attention: text, CLIP image tokens, audio (neither modulated nor gated)
@@ -180,17 +181,19 @@ def _block_forward(state: FastState, block: nn.Module, x: Tensor, e0: Tensor, fr
 
 
 def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True,
-                backend: str | object = "inductor", mode: str | None = None) -> FastState:
+                backend: str | object = "inductor", mode: str | None = None,
+                state: FastState | None = None) -> FastState:
     """Switch `dit` (a WanTransformer3DFantasyModel) to the fast block forward; returns its FastState.
 
     compile: torch.compile the block function (one compilation for all blocks per input shape; falls back to
     eager with a warning where compilation is unavailable); fp32_residual: keep the residual stream in float32
-    under autocast (more precise, ~1 % slower); backend/mode: passed to torch.compile.
+    under autocast (more precise, ~1 % slower); backend/mode: passed to torch.compile; state: re-install a
+    FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run).
     Weights, state_dict and the reference forward are untouched; `disable_fast(dit)` undoes it.
     Inference only: `dit.gradient_checkpointing` still works, but training is not what this path is tested for.
     """
     disable_fast(dit)
-    state = FastState(compile, backend, mode, fp32_residual)
+    state = state if state is not None else FastState(compile, backend, mode, fp32_residual)
     for block in dit.blocks:
         # an instance attribute shadows the class's forward; nn.Module.__call__ (hooks included) calls it
         block.forward = functools.partial(_block_forward, state, block)
