@@ -85,6 +85,22 @@ def first_frame_mask(num_latent: int, h: int, w: int, clip_length: int, temporal
     return m.view(1, m.shape[1] // temporal, temporal, h, w).transpose(1, 2)[:, :, :num_latent]
 
 
+class SequentialWindows:
+    """How the windows of a step are scheduled, on one process: every window, in order. The seam of
+    window-parallel inference (`wan.distributed.window_parallel.WindowParallel` spreads them over ranks)."""
+
+    is_main = True  # shows progress bars and writes the video
+
+    def owns(self, k: int, num_windows: int) -> bool:
+        """Whether this process computes window k."""
+        return True
+
+    def map(self, fn: Callable[[int, Tensor], Tensor], inputs: Sequence[Tensor]) -> Iterator[tuple[int, Tensor]]:
+        """Yield (k, fn(k, inputs[k])) for every window k in order, each computed when asked for."""
+        for k, x in enumerate(inputs):
+            yield k, fn(k, x)
+
+
 class StableAvatarPipeline:
     """Holds the five models; `generate()` runs the long-video algorithm, `decode_frames()` streams frames.
 
@@ -102,6 +118,8 @@ class StableAvatarPipeline:
         self.dtype = dtype
         # memory modes (wan.memory) install a hook that moves a model to the GPU for its stage
         self.stage: Callable[[str], object] = lambda name: _NullContext()
+        # multi-GPU inference (wan.distributed.apply_parallel) replaces it
+        self.parallel = SequentialWindows()
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -222,7 +240,8 @@ class StableAvatarPipeline:
         if cache_audio_features:
             with self.stage("audio_encoder"):
                 for k, win in enumerate(windows):
-                    feats[k] = audio_features(win)
+                    if self.parallel.owns(k, len(windows)):
+                        feats[k] = audio_features(win)
 
         # 3. noise, sigmas and timesteps
         shape = (1, cfg.out_dim, n_latent, h, w)
@@ -238,21 +257,28 @@ class StableAvatarPipeline:
         weights = None
         audio_null = [True, False, False]
 
-        # 4. denoise: every window of a step reads the step's input `lat`; results go to `out`
+        # 4. denoise: every window of a step reads the step's input `lat` (so `self.parallel` may compute them on
+        # different processes); the overlap fusion runs on the results in window order and writes `out`
         t_loop = time.perf_counter()
-        bar = tqdm(total=num_inference_steps * len(windows), desc="denoising", unit="window", disable=not progress)
+        bar = tqdm(total=num_inference_steps * len(windows), desc="denoising", unit="window",
+                   disable=not progress or not self.parallel.is_main)
+
+        def denoise(k: int, z: Tensor) -> Tensor:  # window k's latents at step i -> after the Euler step
+            win = windows[k]
+            a = feats[k] if cache_audio_features else audio_features(win)
+            with self._autocast():
+                v = self.dit(x=z.expand(3, -1, -1, -1, -1), t=t.expand(3), context=context, seq_len=seq_len,
+                             clip_fea=clip_fea, y=y[:, :, :win.length], vocal_embeddings=a,
+                             audio_null=audio_null, video_sample_n_frames=clip_length)
+            v = guidance(*v.chunk(3), audio_scale=audio_guide_scale, text_scale=text_guide_scale)
+            return euler_step(v, sigmas[i], sigmas[i + 1], z)
+
         with self.stage("dit"):
             for i, t in enumerate(timesteps):
                 out = torch.zeros_like(lat)
-                for k, win in enumerate(windows):
-                    z = lat[:, :, win.start:win.end]
-                    a = feats[k] if cache_audio_features else audio_features(win)
-                    with self._autocast():
-                        v = self.dit(x=z.expand(3, -1, -1, -1, -1), t=t.expand(3), context=context, seq_len=seq_len,
-                                     clip_fea=clip_fea, y=y[:, :, :win.length], vocal_embeddings=a,
-                                     audio_null=audio_null, video_sample_n_frames=clip_length)
-                    v = guidance(*v.chunk(3), audio_scale=audio_guide_scale, text_scale=text_guide_scale)
-                    z = euler_step(v, sigmas[i], sigmas[i + 1], z)
+                inputs = [lat[:, :, win.start:win.end] for win in windows]
+                for k, z in self.parallel.map(denoise, inputs):
+                    win = windows[k]
                     # the original never blends at step 0 (later windows overwrite the overlap); kept for parity
                     if win.blends and i != 0:
                         if weights is None or weights.dtype != z.dtype:
