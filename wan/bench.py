@@ -187,9 +187,40 @@ def bench_dit(args) -> dict:
         res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         res["device"] = torch.cuda.get_device_name()
     res["torch"] = torch.__version__
+    if getattr(args, "profile", None):
+        try:
+            res["profile_top"] = _profile(step, device, Path(args.profile) / f"dit_{width}x{height}.txt")
+        except Exception as err:  # noqa: BLE001 - never lose the timing to the profiler
+            print(f"profile failed: {type(err).__name__}: {err}", flush=True)
     if getattr(args, "precision", False) and dtype != torch.float32:
-        res["precision"] = dit_precision(model, inputs, args.spec, device, dtype)
+        try:  # the timing above is reported even if the float32 comparison cannot run
+            res["precision"] = dit_precision(model, inputs, args.spec, device, dtype)
+        except Exception as err:  # noqa: BLE001
+            res["precision_error"] = f"{type(err).__name__}: {err}"[:500]
+            print(f"precision comparison failed: {res['precision_error']}", flush=True)
     return res
+
+
+def _profile(fn, device: torch.device, out: Path, rows: int = 30) -> list[dict]:
+    """One call of `fn` under torch.profiler: the table of ops by device time goes to `out` (and is printed);
+    returns the top `rows` as dicts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    avgs = prof.key_averages()
+    key = "self_cpu_time_total"
+    if device.type == "cuda":  # renamed from self_cuda_time_total in recent torch
+        key = "self_device_time_total" if hasattr(avgs[0], "self_device_time_total") else "self_cuda_time_total"
+    table = avgs.table(sort_by=key, row_limit=rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    print(table, flush=True)
+    top = sorted(avgs, key=lambda e: getattr(e, key, 0), reverse=True)[:rows]
+    return [{"op": e.key, "calls": e.count, "self_device_ms": getattr(e, key, 0) / 1000} for e in top]
 
 
 def bench_dit_precision(args) -> dict:
@@ -490,6 +521,8 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
     p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
     p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="dit: profile one forward after the timing (torch.profiler table by device time into DIR)")
     p.add_argument("--precision", action="store_true",
                    help="dit: also compare reference and fast bf16 against a float32 forward (as dit_precision)")
     main(p.parse_args())
