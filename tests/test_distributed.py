@@ -268,3 +268,22 @@ def test_a_failing_rank_does_not_hang_the_others(tmp_path):
     assert time.perf_counter() - t0 < 60
     assert procs[1].returncode != 0 and "failed on purpose" in results[1][1]
     assert procs[0].returncode != 0, results[0]
+
+
+def test_bench_four_processes_window_x_cfg_exact(tmp_path):
+    """4 processes = 2 window groups x 2 CFG ranks (the groups of a 2-D grid), through the multi-GPU benchmark
+    entry point on random tiny weights: still exactly the 1-process latents."""
+    common = ["-m", "wan.distributed.bench", "--spec=tiny", "--size=64x48", f"--seconds={SECONDS}",
+              f"--frames={CLIP}", f"--overlap={OVERLAP}", "--steps=2", "--dtype=fp32", "--device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, f"--save={tmp_path / 'one.pt'}"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    four = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4",
+                           f"--master_port={_free_port()}", *common, "--window_parallel", "--cfg_parallel",
+                           f"--compare={tmp_path / 'one.pt'}"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert four.returncode == 0, four.stderr[-3000:]
+    res = json.loads([line for line in four.stdout.splitlines() if line.startswith("{")][-1])
+    assert res["layout"] == "ParallelLayout(window=2, cfg=2, ulysses=1, ring=1)"
+    assert res["equal"] and res["max_abs_diff"] == 0.0, res
