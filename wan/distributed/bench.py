@@ -1,6 +1,6 @@
 """Multi-GPU timing and equality check on random weights (every rank seeds the same weights and inputs).
 
-    python -m wan.distributed.bench --size 480x832 --seconds 13 --steps 3 --save $OUT/one.pt        # 1 GPU
+    python -m wan.distributed.bench --size 480x832 --seconds 15 --steps 3 --save $OUT/one.pt        # 1 GPU
     torchrun --nproc_per_node 2 -m wan.distributed.bench --window_parallel --compare $OUT/one.pt ...  # 2 GPUs
     torchrun --nproc_per_node 2 -m wan.distributed.bench --cfg_parallel --compare $OUT/one.pt ...
     torchrun --nproc_per_node 2 -m wan.distributed.bench --ulysses_degree 2 --compare $OUT/one.pt ...
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default="stableavatar-1.3b")
     p.add_argument("--size", default="480x832", help="W x H")
-    p.add_argument("--seconds", type=float, default=13.0, help="audio length (13 s at 81/10: 8 windows)")
+    p.add_argument("--seconds", type=float, default=15.0, help="audio length (15 s at 81 frames / overlap 10: 8 windows)")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--overlap", type=int, default=10)
     p.add_argument("--steps", type=int, default=3)
