@@ -9,6 +9,10 @@
 Writes <output_dir>/video.mp4 (H.264 + the driving audio as AAC) and video_without_audio.mp4 (the original's
 name). The original's command lines (inference.sh, multiple_gpu_inference.sh) run unchanged; flags it accepts
 but that have no effect here are marked "(no effect)". Sizes are width x height (480x832 is portrait).
+
+Several GPUs (docs/multi_gpu.md): `torchrun --nproc_per_node N inference.py ...` picks a layout by itself
+(window-parallel while the video has windows to share); or combine --window_parallel, --cfg_parallel and
+--ulysses_degree U --ring_degree R. Only rank 0 writes the video.
 """
 
 from __future__ import annotations
@@ -50,9 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--GPU_memory_mode", default="model_full_load", choices=MEMORY_MODES)
     a("--device", default=None, help="cuda (default when available) or cpu")
     a("--dtype", default="bf16", choices=["bf16", "fp32"], help="DiT / T5 dtype (the original: bf16)")
-    a("--ulysses_degree", type=int, default=1, help="multi-GPU sequence parallelism: not yet available (>1 errors)")
-    a("--ring_degree", type=int, default=1, help="multi-GPU sequence parallelism: not yet available (>1 errors)")
-    a("--fsdp_dit", action="store_true", help="(no effect on one GPU; multi-GPU not yet available)")
+    a("--ulysses_degree", type=int, default=1, help="sequence parallelism (torchrun): Ulysses all-to-all over this "
+      "many ranks (must divide the 12 heads)")
+    a("--ring_degree", type=int, default=1, help="sequence parallelism (torchrun): ring attention degree (needs "
+      "xfuser: pip install -e .[multigpu])")
+    a("--window_parallel", action="store_true", help="(torchrun) spread the windows of each step over the ranks "
+      "left after ulysses x ring; exact")
+    a("--cfg_parallel", action="store_true", help="(torchrun) compute the 3 guidance branches on 2 or 3 ranks; exact")
+    a("--fsdp_dit", action="store_true", help="(no effect: the 1.3B DiT fits on every GPU)")
     a("--enable_teacache", action="store_true", help="not yet available (errors)")
     a("--teacache_threshold", type=float, default=0.10, help="(no effect without --enable_teacache)")
     a("--num_skip_start_steps", type=int, default=5, help="(no effect without --enable_teacache)")
@@ -70,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parallel_layout(args: argparse.Namespace, world: int, num_samples: int, spec):
+    """The ParallelLayout of `world` processes for this video (its window count decides the automatic choice)."""
+    from wan.distributed import choose_layout
+    from wan.sliding_window import num_latent_frames, num_video_frames, plan_windows
+
+    pc, dit = spec.pipeline, spec.dit
+    frames = num_latent_frames(num_video_frames(num_samples, pc.sample_rate, pc.fps), dit.temporal_compression)
+    windows = plan_windows(frames, num_latent_frames(args.clip_sample_n_frames, dit.temporal_compression),
+                           args.overlap_window_length)
+    tokens_per_frame = (args.height // 16) * (args.width // 16)
+    return choose_layout(world, len(windows), dit.num_heads, tokens_per_frame, ulysses=args.ulysses_degree,
+                         ring=args.ring_degree, window_parallel=args.window_parallel, cfg_parallel=args.cfg_parallel)
+
+
 def main(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -78,9 +101,12 @@ def main(args: argparse.Namespace) -> int:
     from wan.memory import apply_memory_mode
     from wan.pipeline import StableAvatarPipeline
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.ulysses_degree * args.ring_degree > 1:
-        raise ValueError("multi-GPU inference (--ulysses_degree/--ring_degree > 1) is not yet available; use 1 GPU")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    rank = int(os.environ.get("RANK", "0"))
+    # one log and one set of progress bars: rank 0's
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    parallel = world > 1 or args.ulysses_degree * args.ring_degree > 1 or args.window_parallel or args.cfg_parallel
     if args.enable_teacache:
         raise ValueError("--enable_teacache is not yet available (the original's TeaCache is broken with windows)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -97,11 +123,19 @@ def main(args: argparse.Namespace) -> int:
     from wan.pipeline import load_reference_image
 
     load_reference_image(args.validation_reference_path, args.width, args.height)
+    from wan.configs import get_config
+
+    ctx = None
+    if parallel:  # join the other processes (same seed, same inputs on every rank)
+        from wan.distributed import init_parallel
+
+        ctx = init_parallel(parallel_layout(args, world, len(audio), get_config(args.model_spec)),
+                            device_type=device.type)
+        device = ctx.device
+        logging.info("parallel layout: %s over %d processes", ctx.layout, world)
 
     # 2. models
     offload = args.GPU_memory_mode != "model_full_load"
-    from wan.configs import get_config
-
     pipe = StableAvatarPipeline.from_checkpoints(
         args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
         device=device, dtype=dtype, load_device="cpu" if offload else device, spec=get_config(args.model_spec))
@@ -110,6 +144,10 @@ def main(args: argparse.Namespace) -> int:
 
         apply_lora(pipe.dit, args.lora_path, merge=True)
     apply_memory_mode(pipe, args.GPU_memory_mode)
+    if ctx is not None:
+        from wan.distributed import apply_parallel
+
+        apply_parallel(pipe, ctx)
     load_s = time.perf_counter() - t0
 
     # 3. generate and write
@@ -119,6 +157,8 @@ def main(args: argparse.Namespace) -> int:
         text_guide_scale=args.sample_text_guide_scale, audio_guide_scale=args.sample_audio_guide_scale,
         overlap_window_length=args.overlap_window_length, overlapping_weight_scheme=args.overlapping_weight_scheme,
         clip_length=args.clip_sample_n_frames, progress=not args.no_progress)
+    if ctx is not None and not ctx.is_main:  # every rank holds the same latents; rank 0 writes them
+        return 0
     t_dec = time.perf_counter()
     paths = pipe.write_video(result, args.output_dir, progress=not args.no_progress)
     result.timings.update(load_s=load_s, decode_write_s=time.perf_counter() - t_dec,
@@ -138,17 +178,28 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return main(args)
+    finally:  # also on errors, so that a failing rank does not leave the others waiting
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     parsed = build_parser().parse_args()
+    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
-        sys.exit(main(parsed))
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(_run(parsed))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"error{where}: {e}")
     except Exception as e:  # checkpoint errors etc.: one clear line, no traceback, unless debugging
         if os.environ.get("STABLEAVATAR_DEBUG"):
             raise
         from wan.checkpoints import CheckpointError
 
         if isinstance(e, CheckpointError):
-            sys.exit(f"error: {e}")
+            sys.exit(f"error{where}: {e}")
         raise
