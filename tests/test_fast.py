@@ -155,6 +155,55 @@ def test_fast_matches_golden(golden):
     assert_close_module(out, case.outputs["noise_pred"], what="fast noise_pred")
 
 
+# --- TeaCache (approximate, off by default) ----------------------------------------------------------------
+
+def test_teacache_threshold_zero_is_the_exact_path(tiny_pipeline):
+    from wan.models.fast import TeaCache
+
+    pipe = tiny_pipeline
+    try:
+        enable_fast(pipe.dit, compile=False)
+        exact = generate(pipe)
+        tc = TeaCache(0.0, num_steps=2)
+        enable_fast(pipe.dit, compile=False, teacache=tc)
+        assert torch.equal(generate(pipe), exact)
+        assert tc.skipped == 0 and tc.calls == 2 * 2  # 2 steps x 2 windows (1 s of audio, clip 17, overlap 3)
+    finally:
+        disable_fast(pipe.dit)
+
+
+def test_teacache_keeps_one_residual_per_window():
+    """With a huge threshold the middle step is skipped; each window then gets ITS OWN cached residual (the
+    original's state leaks from one window to the next): with unchanged inputs, the blocks' output of a skipped
+    call equals that window's output at the previous computed step."""
+    from wan.models.fast import TeaCache
+
+    model = random_dit()
+    inp = inputs()
+    windows = [inp, {**inp, "x": inp["x"] * 0.5 + 0.1}]
+    tc = TeaCache(1e9, num_steps=3)
+    enable_fast(model, compile=False, teacache=tc)
+    seen = []
+    model.blocks[-1].register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    for t in (987.0, 900.0, 800.0):
+        for w in windows:
+            run(model, {**w, "t": torch.full((3,), t)})
+    assert tc.calls == 6 and tc.skipped == 2
+    a0, b0, a1, b1, a2, b2 = seen
+    torch.testing.assert_close(a1, a0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b1, b0, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a1, b1) and not torch.allclose(a2, a1)  # step 2 (the last) is computed
+
+
+def test_teacache_rejects_bad_settings():
+    from wan.models.fast import TeaCache
+
+    with pytest.raises(ValueError, match="threshold"):
+        TeaCache(-0.1, 10)
+    with pytest.raises(ValueError, match="num_steps"):
+        TeaCache(0.1, 0)
+
+
 # --- wan.memory: model_full_load keeps the text encoder off the GPU between its stages -----------------------
 
 @pytest.fixture(scope="module")

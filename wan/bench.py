@@ -103,8 +103,12 @@ def _fast_info(model) -> dict:
     state = getattr(model, "_fast_state", None)
     if state is None:
         return {"fast": False}
-    return {"fast": True, "compiled": state.compiled is not None, "compile_failed": state.compile_failed,
+    info = {"fast": True, "compiled": state.compiled is not None, "compile_failed": state.compile_failed,
             "fp32_residual": state.fp32_residual}
+    if state.teacache is not None:
+        info["teacache"] = {"threshold": state.teacache.threshold, "calls": state.teacache.calls,
+                            "skipped": state.teacache.skipped}
+    return info
 
 
 def dit_precision(model, inputs: dict, spec_name: str, device: torch.device, dtype: torch.dtype) -> dict:
@@ -296,10 +300,11 @@ def bench_pipeline(args) -> dict:
     t0 = time.perf_counter()
     pipe = build_random_pipeline(args.spec, device, dtype, work, on_cpu=args.memory_mode != "model_full_load")
     apply_memory_mode(pipe, args.memory_mode)
-    if args.fast:
-        from wan.models.fast import enable_fast
+    if args.fast or args.teacache:
+        from wan.models.fast import TeaCache, enable_fast
 
-        enable_fast(pipe.dit, compile=not args.no_compile)
+        tc = TeaCache(args.teacache, num_steps=args.steps) if args.teacache else None
+        enable_fast(pipe.dit, compile=not args.no_compile, teacache=tc)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
@@ -328,6 +333,7 @@ def bench_pipeline(args) -> dict:
         "video_frames": info.num_frames, "audio_codec": info.audio_codec, "build_s": build_s,
         "generate_s": t2 - t1, "per_step_s": (t2 - t1) / args.steps, "decode_write_s": t3 - t2,
         "wall_s": t3 - t1, "timings": out.timings, **_fast_info(pipe.dit),
+        "teacache_threshold": args.teacache,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if device.type == "cuda":
@@ -521,6 +527,8 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
     p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
     p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
+    p.add_argument("--teacache", type=float, default=0.0,
+                   help="pipeline: APPROXIMATE TeaCache threshold (implies --fast; 0 = off, the original suggests 0.1)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="dit: profile one forward after the timing (torch.profiler table by device time into DIR)")
     p.add_argument("--precision", action="store_true",

@@ -122,12 +122,96 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
 
 # --- state and installation -------------------------------------------------------------------------------
 
+# The TeaCache rescaling polynomial the original uses for every 1.3B model (wan/models/cache_utils.py there).
+WAN_1_3B_TEACACHE_COEFFICIENTS = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
+
+
+class TeaCache:
+    """TeaCache (arXiv 2411.19108) for the sliding-window pipeline: APPROXIMATE, off unless passed to `enable_fast`.
+
+    Once per denoising step (at its first window) the relative L1 change of the time-step modulation `e0` since the
+    previous step, rescaled by `coefficients`, is accumulated; while the sum stays below `threshold` the step
+    reuses, for EACH window, that window's own cached residual (output of the 30 blocks minus their input) instead
+    of running the blocks. The original keys its state by forward call, so with several windows the step count and
+    the residuals leak from one window to the next (upstream issues #31/#89); here a step starts when `e0` changes
+    and the window index is the number of calls since then, which is how the pipeline's loop calls the DiT.
+    threshold 0 never skips (the exact path). First, last and the first `num_skip_start_steps` steps always run.
+    offload: keep the residuals in CPU memory (one per window: ~0.3 GB each at 480x832 in bf16), as the original.
+    """
+
+    def __init__(self, threshold: float, num_steps: int, coefficients=WAN_1_3B_TEACACHE_COEFFICIENTS,
+                 num_skip_start_steps: int = 0, offload: bool = True):
+        if threshold < 0:
+            raise ValueError(f"TeaCache threshold must be >= 0 (0 = off), got {threshold}")
+        if num_steps < 1 or not 0 <= num_skip_start_steps <= num_steps:
+            raise ValueError(f"need num_steps >= 1 and 0 <= num_skip_start_steps <= num_steps, got {num_steps}, "
+                             f"{num_skip_start_steps}")
+        self.threshold, self.num_steps, self.num_skip_start_steps = threshold, num_steps, num_skip_start_steps
+        self.coefficients, self.offload = tuple(coefficients), offload
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (call between generations if one was interrupted)."""
+        self.step, self.window = -1, 0
+        self._last_e0: Tensor | None = None
+        self._acc = 0.0
+        self.compute = True
+        self._residuals: dict[int, Tensor] = {}
+        self._x_in: Tensor | None = None
+        self.calls = self.skipped = 0
+
+    def _rescale(self, x: float) -> float:
+        return sum(c * x ** (len(self.coefficients) - 1 - i) for i, c in enumerate(self.coefficients))
+
+    def begin(self, x: Tensor, e0: Tensor) -> bool:
+        """At block 0 of every DiT call: x the block input, e0 [B, 6, dim]. Returns whether the blocks run."""
+        self.calls += 1
+        rel = None
+        if self._last_e0 is not None and self._last_e0.shape == e0.shape:
+            prev = self._last_e0.float()
+            rel = ((e0.float() - prev).abs().mean() / prev.abs().mean()).item()  # one sync per call
+        if rel is None or rel != 0.0:  # a new denoising step
+            self.step, self.window = self.step + 1, 0
+            if self.step >= self.num_steps:  # a new generation
+                self.reset()
+                self.calls, self.step = 1, 0
+            always = (self.step == 0 or self.step == self.num_steps - 1 or self.step < self.num_skip_start_steps
+                      or rel is None or self.threshold <= 0)
+            if always:
+                self.compute, self._acc = True, 0.0
+            else:
+                self._acc += self._rescale(rel)
+                self.compute = self._acc >= self.threshold
+                if self.compute:
+                    self._acc = 0.0
+            self._last_e0 = e0.detach().clone()
+        else:
+            self.window += 1
+        run = self.compute or self.window not in self._residuals
+        if not run:
+            self.skipped += 1
+        self._x_in = x if run else None
+        return run
+
+    def cached(self, x: Tensor) -> Tensor:
+        """x + this window's residual (block 0 when skipping)."""
+        r = self._residuals[self.window].to(x.device, non_blocking=True)
+        return (x.float() + r.float()).to(x.dtype)
+
+    def store(self, out: Tensor) -> None:
+        """After the last block of a computed call."""
+        r = (out.float() - self._x_in.float()).to(out.dtype)
+        self._residuals[self.window] = r.to("cpu", non_blocking=False) if self.offload else r
+        self._x_in = None
+
+
 class FastState:
     """What `enable_fast` attaches to the model: options, the compiled block function, the RoPE table cache."""
 
     def __init__(self, compile: bool, backend: str | object = "inductor", mode: str | None = None,
-                 fp32_residual: bool = True):
+                 fp32_residual: bool = True, teacache: TeaCache | None = None):
         self.compile = compile
+        self.teacache = teacache
         self.fp32_residual = fp32_residual
         self.backend = backend
         self.mode = mode
@@ -171,32 +255,44 @@ class FastState:
         return fast_block_forward(block, *args)
 
 
-def _block_forward(state: FastState, block: nn.Module, x: Tensor, e0: Tensor, freqs: Tensor, context: Tensor,
-                   vocal_context: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
-    """Drop-in for `WanAttentionBlock.forward` (same signature after `block`)."""
-    cos, sin = state.rope_tables(freqs, x.shape[1])
+def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x: Tensor, e0: Tensor,
+                   freqs: Tensor, context: Tensor, vocal_context: Tensor, num_groups: int,
+                   dtype: torch.dtype) -> Tensor:
+    """Drop-in for `WanAttentionBlock.forward` (same signature after `block`); index: the block's position."""
     if state.fp32_residual and x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
         x = x.float()  # block 0 only; blocks return the stream in float32 from then on (one compiled graph)
-    return state.run_block(block, x, e0, cos, sin, context, vocal_context, num_groups, dtype)
+    tc = state.teacache
+    if tc is not None:
+        if index == 0 and not tc.begin(x, e0):
+            return tc.cached(x)
+        if not tc.compute and tc._x_in is None:  # a skipped call: blocks 1.. pass the stream through
+            return x
+    cos, sin = state.rope_tables(freqs, x.shape[1])
+    out = state.run_block(block, x, e0, cos, sin, context, vocal_context, num_groups, dtype)
+    if tc is not None and last:
+        tc.store(out)
+    return out
 
 
 def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True,
                 backend: str | object = "inductor", mode: str | None = None,
-                state: FastState | None = None) -> FastState:
+                state: FastState | None = None, teacache: TeaCache | None = None) -> FastState:
     """Switch `dit` (a WanTransformer3DFantasyModel) to the fast block forward; returns its FastState.
 
     compile: torch.compile the block function (one compilation for all blocks per input shape; falls back to
     eager with a warning where compilation is unavailable); fp32_residual: keep the residual stream in float32
     under autocast (more precise, ~1 % slower); backend/mode: passed to torch.compile; state: re-install a
-    FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run).
+    FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run);
+    teacache: an APPROXIMATE TeaCache (see the class), None = exact.
     Weights, state_dict and the reference forward are untouched; `disable_fast(dit)` undoes it.
     Inference only: `dit.gradient_checkpointing` still works, but training is not what this path is tested for.
     """
     disable_fast(dit)
-    state = state if state is not None else FastState(compile, backend, mode, fp32_residual)
-    for block in dit.blocks:
+    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache)
+    n = len(dit.blocks)
+    for i, block in enumerate(dit.blocks):
         # an instance attribute shadows the class's forward; nn.Module.__call__ (hooks included) calls it
-        block.forward = functools.partial(_block_forward, state, block)
+        block.forward = functools.partial(_block_forward, state, i, i == n - 1, block)
     dit._fast_state = state
     return state
 
