@@ -72,7 +72,7 @@ def test_shard_frames_holds_whole_frame_slices():
         shard_frames(idx, g, 0, 5)
 
 
-# --- 2 processes over gloo ---------------------------------------------------------------------------------------------
+# --- 2 processes over gloo ------------------------------------------------------------------------------------------
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import logging
 import os
 from dataclasses import dataclass
 
@@ -29,8 +28,6 @@ from wan.distributed.usp import DiTSplit, sequence_attention
 from wan.distributed.window_parallel import WindowParallel
 
 __all__ = ["ParallelLayout", "choose_layout", "ParallelContext", "init_parallel", "apply_parallel"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

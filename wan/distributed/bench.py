@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default="stableavatar-1.3b")
     p.add_argument("--size", default="480x832", help="W x H")
-    p.add_argument("--seconds", type=float, default=15.0, help="audio length (15 s at 81 frames / overlap 10: 8 windows)")
+    p.add_argument("--seconds", type=float, default=15.0,
+                   help="audio length (15 s at 81 frames / overlap 10: 8 windows)")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--overlap", type=int, default=10)
     p.add_argument("--steps", type=int, default=3)

@@ -24,7 +24,6 @@ the order of the key sum), or xfuser's `xFuserLongContextAttention` when a ring 
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
