@@ -111,12 +111,20 @@ def test_compiled_blocks_share_one_graph():
     inp = inputs()
     enable_fast(model, compile=False)
     eager = run(model, inp, torch.bfloat16, autocast=True)
-    counter = CompileCounter()
-    state = enable_fast(model, compile=True, backend=counter)
+    counter, x_strides = CompileCounter(), []
+
+    def backend(gm, example_inputs):  # records the residual stream's layout as the compiled graph sees it
+        x_strides.append(next(t.stride() for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 3))
+        return counter(gm, example_inputs)
+
+    state = enable_fast(model, compile=True, backend=backend)
     for _ in range(2):
         out = run(model, inp, torch.bfloat16, autocast=True)
     assert state.compile_failed is None
     assert len(model.blocks) > 1 and counter.frame_count == 1, counter.frame_count
+    # `patchify` hands over a transposed view; the fast path makes the stream contiguous once, at block 0
+    dim = model.cfg.dim
+    assert x_strides == [(inp["seq_len"] * dim, dim, 1)], x_strides
     torch.testing.assert_close(out, eager, rtol=0, atol=0)
     torch._dynamo.reset()
 

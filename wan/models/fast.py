@@ -260,7 +260,12 @@ def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x
                    dtype: torch.dtype) -> Tensor:
     """Drop-in for `WanAttentionBlock.forward` (same signature after `block`); index: the block's position."""
     if state.fp32_residual and x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
-        x = x.float()  # block 0 only; blocks return the stream in float32 from then on (one compiled graph)
+        # block 0 only; blocks return the stream in float32 from then on (one compiled graph)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    elif not x.is_contiguous():
+        # `patchify` hands over a transposed view ([B, dim, S] in memory) when there is no padding; elementwise ops
+        # would carry that layout through every block (strided norms, a copy before each Linear)
+        x = x.contiguous()
     tc = state.teacache
     if tc is not None:
         if index == 0 and not tc.begin(x, e0):
