@@ -501,6 +501,8 @@ def main(args: argparse.Namespace) -> None:
             continue
         fast = ("" if not r.get("fast") else
                 f" fast({'compiled' if r['compiled'] else 'eager'}, first call {r['first_call_s']:.1f} s)")
+        if r.get("compile_failed"):
+            print(f"torch.compile failed, eager fast path timed: {r['compile_failed']}", flush=True)
         print(f"{r['what']:12s} {r['size_wxh']:>9s} x{r['frames']:<4d} tokens {r['tokens']:6d} {r['dtype']}{fast}: "
               f"median {r['median_s']:.3f} s (min {r['min_s']:.3f}, {r['runs']} runs)"
               + (f", peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""), flush=True)
