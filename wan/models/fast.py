@@ -23,6 +23,10 @@ with fewer roundings and copies:
 Attention still goes through the one `wan.models.attention.attention()` entry point (on Hopper, torch's default
 SDPA choice is already the fastest cuDNN kernel for every call shape of the DiT).
 
+Approximate, off by default: `enable_fast(dit, teacache=TeaCache(threshold, num_steps))` skips the blocks on
+steps whose time-step modulation barely changed, reusing per-window residuals (see `TeaCache`); threshold 0 is
+the exact path (tested).
+
 Exactness: the fast path computes the same function; it differs from the reference only in bf16 rounding (fewer
 intermediate roundings), which `tests/test_fast.py` and `python -m wan.bench dit_precision` check against a float32
 forward. In float32 it equals the reference to float32 rounding.
