@@ -126,3 +126,19 @@ def test_lora_path_is_merged(tree, tmp_path):
     r, out = run(tree, tmp_path, speech(1.0, tmp_path), f"--lora_path={lora}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert probe(out / "video.mp4").num_frames == expected_frames(16000)
+
+
+def test_fast_and_teacache_flags(tree, tmp_path):
+    """--fast and --enable_teacache run end to end (eager on CPU). Their numbers are checked in-process
+    (tests/test_fast.py: fast vs reference precision, TeaCache threshold 0 == fast path); decoded mp4 frames are not
+    compared here because the H.264 encode through PyAV is not bit-reproducible run to run (a few pixel levels)."""
+    from wan.io.video import probe
+
+    audio = speech(1.0, tmp_path)
+    for i, extra in enumerate((["--fast"], ["--enable_teacache", "--teacache_threshold=0.05"])):
+        (tmp_path / str(i)).mkdir()
+        r, out = run(tree, tmp_path / str(i), audio, *extra, steps=2)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert probe(out / "video.mp4").num_frames == expected_frames(16000)
+    r, _ = run(tree, tmp_path, audio, "--fast", "--GPU_memory_mode=sequential_cpu_offload")
+    assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
