@@ -13,6 +13,7 @@ Differences from the original, all documented in README.md:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -117,7 +118,7 @@ class StableAvatarPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         # memory modes (wan.memory) install a hook that moves a model to the GPU for its stage
-        self.stage: Callable[[str], object] = lambda name: _NullContext()
+        self.stage: Callable[[str], object] = lambda name: contextlib.nullcontext()
         # multi-GPU inference (wan.distributed.apply_parallel) replaces it
         self.parallel = SequentialWindows()
 
@@ -326,10 +327,3 @@ class StableAvatarPipeline:
         copy_video_stream(paths["video"], paths["video_without_audio"])
         return paths
 
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
