@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Long talking-avatar video from examples/case-2 with the released weights in ./checkpoints (see checkpoints/README.md).
+# Extra flags are appended (a repeated flag overrides); LAUNCHER replaces `python` (multiple_gpu_inference.sh: torchrun).
 set -euo pipefail
 cd "$(dirname "$0")"
 export TOKENIZERS_PARALLELISM=false
 # fetch the released weights if checkpoints/ is incomplete (offline: stops at once saying what to download)
 python -m wan.checkpoints.fetch --dir checkpoints
-HF_HUB_OFFLINE=1 python inference.py \
+HF_HUB_OFFLINE=1 ${LAUNCHER:-python} inference.py \
   --pretrained_model_name_or_path=checkpoints/Wan2.1-Fun-V1.1-1.3B-InP \
   --transformer_path=checkpoints/StableAvatar-1.3B/transformer3d-square.pt \
   --pretrained_wav2vec_path=checkpoints/wav2vec2-base-960h \
