@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fast", action="store_true", help="opt-in fast DiT forward (wan.models.fast: fp32 cos/sin RoPE, fewer casts, "
       "fp32 residual stream, torch.compile of the blocks): same function up to bf16 rounding, ~1.3x per forward on an "
       "H200 after a one-time compile; model_full_load / model_cpu_offload only")
+    a("--fp8", action="store_true", help="APPROXIMATE: the DiT blocks' big matmuls in float8_e4m3fn (implies --fast; "
+      "needs fp8 tensor cores, e.g. Hopper; see README 'Speed options' for its measured speed and error)")
     a("--enable_teacache", action="store_true", help="APPROXIMATE: TeaCache with per-window state (implies --fast); "
       "skips the blocks on steps whose time-step modulation barely changed")
     a("--teacache_threshold", type=float, default=0.10, help="TeaCache threshold (0 = never skip = exact fast path)")
@@ -111,8 +113,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     parallel = world > 1 or args.ulysses_degree * args.ring_degree > 1 or args.window_parallel or args.cfg_parallel
-    if (args.fast or args.enable_teacache) and args.GPU_memory_mode not in ("model_full_load", "model_cpu_offload"):
-        raise ValueError(f"--fast / --enable_teacache are tested with model_full_load and model_cpu_offload only, "
+    if (args.fast or args.enable_teacache or args.fp8) and args.GPU_memory_mode not in ("model_full_load", "model_cpu_offload"):
+        raise ValueError(f"--fast / --fp8 / --enable_teacache are tested with model_full_load and model_cpu_offload only, "
                          f"not {args.GPU_memory_mode}")
     if args.enable_teacache and (args.window_parallel or args.cfg_parallel or args.ulysses_degree * args.ring_degree > 1
                                  or world > 1):
@@ -153,12 +155,12 @@ def main(args: argparse.Namespace) -> int:
 
         apply_lora(pipe.dit, args.lora_path, merge=True)
     apply_memory_mode(pipe, args.GPU_memory_mode)
-    if args.fast or args.enable_teacache:
+    if args.fast or args.enable_teacache or args.fp8:
         from wan.models.fast import TeaCache, enable_fast
 
         tc = (TeaCache(args.teacache_threshold, args.sample_steps, num_skip_start_steps=min(args.num_skip_start_steps, args.sample_steps),
                        offload=args.teacache_offload) if args.enable_teacache else None)
-        enable_fast(pipe.dit, compile=device.type == "cuda", teacache=tc)
+        enable_fast(pipe.dit, compile=device.type == "cuda", teacache=tc, fp8=args.fp8)
     if ctx is not None:
         from wan.distributed import apply_parallel
 

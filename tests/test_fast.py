@@ -307,3 +307,41 @@ def test_gpu_text_encoder_visit_frees_memory_and_fast_compiles():
         fast_err = rel_err(model(**{**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}).float(), ref32)
     assert state.compiled is not None, state.compile_failed
     assert fast_err <= ref_err, (fast_err, ref_err)
+
+
+def test_quantize_fp8_rows_round_trip():
+    from wan.models.fast import FP8_DTYPE, quantize_fp8_rows
+
+    x = torch.randn(7, 64) * torch.logspace(-3, 3, 7).unsqueeze(1)  # rows of very different magnitude
+    x[3] = 0
+    q, s = quantize_fp8_rows(x)
+    assert q.dtype == FP8_DTYPE and s.shape == (7, 1) and s[3].item() == 1.0
+    back = q.float() * s
+    assert torch.equal(back[3], torch.zeros(64))
+    # e4m3 keeps 3 mantissa bits: relative error per element <= 2^-4 (normal range), rows scaled independently
+    err = ((back - x).abs() / x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)).amax().item()
+    assert 0 < err <= 2 ** -4
+
+
+def test_fp8_is_approximate_close_and_leaves_the_model_alone():
+    """fp8 (APPROXIMATE, opt-in): a real quantization (output differs from the exact fast path) that stays close
+    to the float32 forward, with the model's weights and state dict untouched and `disable_fast` restoring the
+    reference bit for bit."""
+    model = random_dit(0)
+    inp = inputs()
+    ref32 = run(model, inp)
+    model = model.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = run(model, inp, torch.bfloat16, autocast=True)
+    enable_fast(model, compile=False)
+    exact = run(model, inp, torch.bfloat16, autocast=True)
+    state = enable_fast(model, compile=False, fp8=True)
+    fp8 = run(model, inp, torch.bfloat16, autocast=True)
+    assert len(state._fp8) == len(model.blocks)
+    assert state._fp8[0]["qkv"].weight.dtype == torch.float8_e4m3fn
+    assert not torch.equal(fp8, exact)
+    err, exact_err = rel_err(fp8, ref32), rel_err(exact, ref32)
+    assert exact_err < err < 0.1, (err, exact_err)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    disable_fast(model)
+    assert torch.equal(run(model, inp, torch.bfloat16, autocast=True), ref)

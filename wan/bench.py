@@ -6,6 +6,7 @@
     python -m wan.bench pipeline --sizes 480x832 --seconds 5 --steps 50 [--memory_mode model_cpu_offload]
     python -m wan.bench vae --sizes 480x832 --frames 81 [--dtype fp32] [--chunk 4]
     python -m wan.bench encoders --sizes 480x832 [--dtype bf16]
+    python -m wan.bench attention --sizes 480x832 512x512      # SDPA layouts/backends at the DiT's shape
 
 Real-size models are built directly on the GPU with random weights (never a CPU init of 1.7 B parameters) and
 timed with CUDA events after warm-up; the median of `--runs` is reported with the peak memory. Sizes are W x H.
@@ -104,7 +105,7 @@ def _fast_info(model) -> dict:
     if state is None:
         return {"fast": False}
     info = {"fast": True, "compiled": state.compiled is not None, "compile_failed": state.compile_failed,
-            "fp32_residual": state.fp32_residual}
+            "fp32_residual": state.fp32_residual, "fp8": state.fp8}
     if state.teacache is not None:
         info["teacache"] = {"threshold": state.teacache.threshold, "calls": state.teacache.calls,
                             "skipped": state.teacache.skipped}
@@ -161,10 +162,10 @@ def bench_dit(args) -> dict:
     t0 = time.perf_counter()
     model = _random_dit(args.spec, device, dtype)
     build_s = time.perf_counter() - t0
-    if getattr(args, "fast", False):
+    if getattr(args, "fast", False) or getattr(args, "fp8", False):
         from wan.models.fast import enable_fast
 
-        enable_fast(model, compile=not args.no_compile)
+        enable_fast(model, compile=not args.no_compile, fp8=args.fp8)
     inputs = _dit_bench_inputs(args.spec, width, height, args.frames, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -238,7 +239,7 @@ def bench_dit_precision(args) -> dict:
     model = _random_dit(args.spec, device, dtype)
     from wan.models.fast import enable_fast
 
-    enable_fast(model, compile=not args.no_compile)
+    enable_fast(model, compile=not args.no_compile, fp8=args.fp8)
     inputs = _dit_bench_inputs(args.spec, width, height, args.frames, device, dtype)
     res = {"what": "dit_precision", "spec": args.spec, "size_wxh": f"{width}x{height}", "frames": args.frames,
            "batch": 3, "tokens": inputs["seq_len"], "dtype": args.dtype,
@@ -300,11 +301,11 @@ def bench_pipeline(args) -> dict:
     t0 = time.perf_counter()
     pipe = build_random_pipeline(args.spec, device, dtype, work, on_cpu=args.memory_mode != "model_full_load")
     apply_memory_mode(pipe, args.memory_mode)
-    if args.fast or args.teacache:
+    if args.fast or args.teacache or args.fp8:
         from wan.models.fast import TeaCache, enable_fast
 
         tc = TeaCache(args.teacache, num_steps=args.steps) if args.teacache else None
-        enable_fast(pipe.dit, compile=not args.no_compile, teacache=tc)
+        enable_fast(pipe.dit, compile=not args.no_compile, teacache=tc, fp8=args.fp8)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
@@ -340,6 +341,56 @@ def bench_pipeline(args) -> dict:
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
         res["device"] = torch.cuda.get_device_name()
     return res
+
+
+def bench_attention(args) -> list[dict]:
+    """The DiT's self-attention call (batch 3 x 12 heads x the window's tokens x 128) under SDPA in several
+    layouts and backends, to see what the one `attention()` entry point should hand the kernel: TFLOP/s each
+    (4*B*H*S^2*D flops per call)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from wan.models.attention import attention
+
+    device = torch.device(args.device)
+    width, height = args.size
+    spec = get_config(args.spec).dit
+    b, n, d = 3, spec.num_heads, spec.head_dim
+    s = ((args.frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+    g = torch.Generator(device=device).manual_seed(0)
+    results = []
+
+    def run(name: str, fn, tokens: int, dtype=torch.bfloat16, backend=None):
+        q, k, v = (torch.randn(b, tokens, n, d, device=device, dtype=dtype, generator=g) for _ in range(3))
+        ctx = sdpa_kernel([backend]) if backend is not None else torch.autocast(device.type, enabled=False)
+        try:
+            with ctx, torch.no_grad():
+                times = _timer(lambda: fn(q, k, v), args.warmup, args.runs, device)
+        except RuntimeError as err:
+            results.append({"what": "attention", "variant": name, "error": str(err)[:200]})
+            print(f"attention {name}: {str(err)[:200]}", flush=True)
+            return
+        sec = statistics.median(times)
+        r = {"what": "attention", "variant": name, "size_wxh": f"{width}x{height}", "tokens": tokens,
+             "shape": [b, n, tokens, d], "dtype": str(dtype), "median_s": sec,
+             "tflops": 4 * b * n * tokens ** 2 * d / sec / 1e12}
+        results.append(r)
+        print(f"attention {name:38s} S={tokens}: {sec * 1e3:7.2f} ms  {r['tflops']:6.1f} TFLOP/s", flush=True)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    run("entry point (BSHD views, + flatten copy)", lambda q, k, v: attention(q, k, v).flatten(2), s)
+    run("BSHD transposed views", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)), s)
+    cont = lambda q, k, v: sdpa(*(t.transpose(1, 2).contiguous() for t in (q, k, v)))  # noqa: E731
+    run("BHSD contiguous (copies included)", cont, s)
+    run("BSHD views fp16", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)), s,
+        torch.float16)
+    pad = -(-s // 128) * 128
+    if pad != s:
+        run(f"BSHD views, S padded to {pad}", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2),
+                                                                   v.transpose(1, 2)), pad)
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
+        run(f"forced {backend.name}", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2),
+                                                           v.transpose(1, 2)), s, backend=backend)
+    return results
 
 
 def _reset_peak(device: torch.device) -> float:
@@ -475,13 +526,13 @@ def main(args: argparse.Namespace) -> None:
     if args.dtype is None:  # as at inference: the VAE in float32, everything else in bf16
         args.dtype = "fp32" if args.what == "vae" else "bf16"
     bench = {"dit": bench_dit, "dit_precision": bench_dit_precision, "pipeline": bench_pipeline, "vae": bench_vae,
-             "encoders": bench_encoders}[args.what]
+             "encoders": bench_encoders, "attention": bench_attention}[args.what]
     for size in args.sizes:
         a = argparse.Namespace(**{**vars(args), "size": size})
         out = bench(a)
         if isinstance(out, list):  # component benchmarks: one result per phase / model
             results.extend(out)
-            for r in out:
+            for r in out if args.what != "attention" else ():  # attention prints its own lines
                 print(_component_line(r), flush=True)
             continue
         results.append(out)
@@ -512,7 +563,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dit", "dit_precision", "pipeline", "vae", "encoders"])
+    p.add_argument("what", choices=["dit", "dit_precision", "pipeline", "vae", "encoders", "attention"])
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("480x832")], help="W x H, e.g. 480x832 512x512")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--spec", default="stableavatar-1.3b")
@@ -529,6 +580,8 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
     p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
     p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
+    p.add_argument("--fp8", action="store_true",
+                   help="dit, dit_precision, pipeline: APPROXIMATE fp8 matmuls in the blocks (implies --fast)")
     p.add_argument("--teacache", type=float, default=0.0,
                    help="pipeline: APPROXIMATE TeaCache threshold (implies --fast; 0 = off, the original suggests 0.1)")
     p.add_argument("--profile", default=None, metavar="DIR",

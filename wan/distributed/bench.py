@@ -47,6 +47,10 @@ def main(args: argparse.Namespace) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)  # the same random weights on every rank
     pipe = build_random_pipeline(args.spec, device, dtype, Path(tempfile.mkdtemp(prefix="wan_mgpu_")))
+    if args.fast:
+        from wan.models.fast import enable_fast
+
+        enable_fast(pipe.dit, compile=device.type == "cuda")
     if ctx is not None:
         apply_parallel(pipe, ctx)
     rng = np.random.default_rng(0)
@@ -68,7 +72,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
     res = {"what": "multi_gpu", "layout": str(layout), "world": world, "size_wxh": args.size, "frames": args.frames,
-           "windows": len(windows), "steps": args.steps, "dtype": args.dtype, "denoise_s": out.timings["denoise_s"],
+           "windows": len(windows), "steps": args.steps, "dtype": args.dtype, "fast": args.fast, "denoise_s": out.timings["denoise_s"],
            "per_step_s": out.timings["per_step_s"], "generate_s": total}
     if device.type == "cuda":
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring_degree", type=int, default=1)
     p.add_argument("--window_parallel", action="store_true")
     p.add_argument("--cfg_parallel", action="store_true")
+    p.add_argument("--fast", action="store_true", help="wan.models.fast.enable_fast on the DiT (compiled on a GPU)")
     p.add_argument("--save", default=None, help="save the final latents here (rank 0)")
     p.add_argument("--compare", default=None, help="compare the final latents with these")
     p.add_argument("--json", default=None)

@@ -15,6 +15,7 @@ with fewer roundings and copies:
   reference rounds it to bf16 three times per block, the largest avoidable error of the bf16 forward (about a third
   of its error against a float32 forward at tiny size), for ~1 % more memory traffic. Without autocast (a plain
   bf16 or fp32 model) the stream keeps the model dtype, since the head's Linear must see its own dtype.
+* q/k/v of the self-attention (and the context-side k/v pairs of the cross-attention) as one matmul each.
 * `torch.compile(dynamic=False)` of the block function: the 30 blocks share code, so there is one compilation per
   input-shape set (Python ints such as `num_groups` and the dtype are specialised constants); it fuses the
   elementwise work around the matmuls and attention. Off with `compile=False`; if compilation fails (no
@@ -25,7 +26,9 @@ SDPA choice is already the fastest cuDNN kernel for every call shape of the DiT)
 
 Approximate, off by default: `enable_fast(dit, teacache=TeaCache(threshold, num_steps))` skips the blocks on
 steps whose time-step modulation barely changed, reusing per-window residuals (see `TeaCache`); threshold 0 is
-the exact path (tested).
+the exact path (tested). `enable_fast(dit, fp8=True)` runs the blocks' big Linears as float8_e4m3fn matmuls
+(per-output-channel weight scales, per-token activation scales, float32 sums via `torch._scaled_mm`); its error
+against a float32 forward is measured by `python -m wan.bench dit --fast --fp8 --precision` (BENCHMARKS.md).
 
 Exactness: the fast path computes the same function; it differs from the reference only in bf16 rounding (fewer
 intermediate roundings), which `tests/test_fast.py` and `python -m wan.bench dit_precision` check against a float32
@@ -72,12 +75,83 @@ def rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 
 
+def _fused_linear(x: Tensor, *linears: nn.Linear) -> Tensor:
+    """Several Linears of the same input as ONE matmul (weights concatenated along the output dim, per call: a few
+    MB copied, cheaper than reading x again); same dot products, so the same function up to GEMM rounding."""
+    if len(linears) == 1:
+        return linears[0](x)
+    w = torch.cat([m.weight for m in linears])
+    b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    return F.linear(x, w, b)
+
+
+# --- fp8 (APPROXIMATE, opt-in): e4m3 weights per output channel, activations per token, torch._scaled_mm ----
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_fp8_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x: [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]) with x ~= q * scale, one scale per row
+    (amax / 448; an all-zero row gets scale 1 and stays zero)."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
+class Fp8Linear:
+    """The fp8 copy of one or several Linears of the same input (concatenated along the output dim): weight
+    float8_e4m3fn [N, K] with one float32 scale per output channel [1, N], bias in the original dtype. Built from
+    the model's weights, which stay as they are (the state dict and the reference forward are untouched)."""
+
+    def __init__(self, *linears: nn.Linear):
+        w = torch.cat([m.weight.detach() for m in linears])
+        q, s = quantize_fp8_rows(w)
+        self.weight, self.scale = q, s.view(1, -1)
+        self.bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+        self.device = w.device
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.weight, self.scale, self.bias
+
+
+def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """y = x @ W.T + b with x quantized per token and W per output channel to float8_e4m3fn, products summed in
+    float32 by `torch._scaled_mm`, rescaled and returned in `dtype` (bf16 on the GPU)."""
+    lead = x.shape[:-1]
+    q, s = quantize_fp8_rows(x.reshape(-1, x.shape[-1]))
+    y = torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=scale, out_dtype=dtype)
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y.view(*lead, -1)
+
+
+# which Linears of a block the fp8 option quantizes: the big token-wise ones (the context-side k/v projections
+# act on 512 + 257 + audio tokens and stay in the model dtype)
+FP8_GROUPS = {
+    "qkv": lambda b: (b.self_attn.q, b.self_attn.k, b.self_attn.v),
+    "o": lambda b: (b.self_attn.o,),
+    "cq": lambda b: (b.cross_attn.q,),
+    "co": lambda b: (b.cross_attn.o,),
+    "ffn1": lambda b: (b.ffn[0],),
+    "ffn2": lambda b: (b.ffn[2],),
+}
+
+
+def _proj(x: Tensor, fp8: dict | None, key: str, dtype: torch.dtype, *linears: nn.Linear) -> Tensor:
+    if fp8 is not None:
+        return fp8_linear(x.to(dtype), *fp8[key], dtype)
+    return _fused_linear(x, *linears)
+
+
 def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor, context: Tensor,
-                       vocal_context: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
+                       vocal_context: Tensor, num_groups: int, dtype: torch.dtype,
+                       fp8: dict | None = None) -> Tensor:
     """The function of `WanAttentionBlock.forward` with fewer roundings; RoPE as float32 cos/sin tables.
 
     x: [B, S, dim] residual stream; e0: [B, 6, dim]; cos/sin: float32 [S, 1, head_dim/2] (padding rows 1 / 0);
     context: [B, clip_tokens + text_len, dim]; vocal_context: [B, G, K, dim] or [B, G*K, dim]; num_groups: G.
+    fp8: None (exact), or this block's `Fp8Linear.tensors()` by `FP8_GROUPS` key (approximate).
     """
     sa, ca = block.self_attn, block.cross_attn
     b, s = x.shape[:2]
@@ -86,41 +160,47 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     res_dtype = torch.promote_types(x.dtype, torch.promote_types(block.modulation.dtype, e0.dtype))
     m = (block.modulation.float() + e0.float()).chunk(6, dim=1)  # each [B, 1, dim], float32
 
-    # 1. self-attention (modulated, gated)
+    # 1. self-attention (modulated, gated); q, k, v as one matmul
     h = (_layer_norm_f32(block.norm1, x) * (1 + m[1]) + m[0]).to(dtype)
-    q = rope_real(_rms_norm_f32(sa.norm_q, sa.q(h)).view(b, s, n, d), cos, sin).to(dtype)
-    k = rope_real(_rms_norm_f32(sa.norm_k, sa.k(h)).view(b, s, n, d), cos, sin).to(dtype)
-    v = sa.v(h).view(b, s, n, d).to(dtype)
+    q, k, v = _proj(h, fp8, "qkv", dtype, sa.q, sa.k, sa.v).split(n * d, dim=-1)
+    q = rope_real(_rms_norm_f32(sa.norm_q, q).view(b, s, n, d), cos, sin).to(dtype)
+    k = rope_real(_rms_norm_f32(sa.norm_k, k).view(b, s, n, d), cos, sin).to(dtype)
+    v = v.reshape(b, s, n, d).to(dtype)
     # the model's sequence-parallel seam (`attention` itself on one process)
-    y = sa.o(getattr(sa, "attention_fn", attention)(q, k, v).flatten(2).to(dtype))
+    y = getattr(sa, "attention_fn", attention)(q, k, v).flatten(2).to(dtype)
+    y = _proj(y, fp8, "o", dtype, sa.o)
     x = (x.float() + y.float() * m[2]).to(res_dtype)
 
     # 2. cross-attention: text, CLIP image tokens, audio (neither modulated nor gated)
     h = _layer_norm_f32(block.norm3, x).to(dtype)
-    q = _rms_norm_f32(ca.norm_q, ca.q(h)).to(dtype).view(b, -1, n, d)
+    q = _rms_norm_f32(ca.norm_q, _proj(h, fp8, "cq", dtype, ca.q)).to(dtype).view(b, -1, n, d)
     ctx_img, ctx_txt = context[:, :ca.clip_tokens].to(dtype), context[:, ca.clip_tokens:].to(dtype)
-    k = _rms_norm_f32(ca.norm_k, ca.k(ctx_txt)).to(dtype).view(b, -1, n, d)
-    v = ca.v(ctx_txt).to(dtype).view(b, -1, n, d)
-    k_img = _rms_norm_f32(ca.norm_k_img, ca.k_img(ctx_img)).to(dtype).view(b, -1, n, d)
-    v_img = ca.v_img(ctx_img).to(dtype).view(b, -1, n, d)
+    k, v = _fused_linear(ctx_txt, ca.k, ca.v).split(n * d, dim=-1)
+    k = _rms_norm_f32(ca.norm_k, k).to(dtype).view(b, -1, n, d)
+    v = v.to(dtype).reshape(b, -1, n, d)
+    k_img, v_img = _fused_linear(ctx_img, ca.k_img, ca.v_img).split(n * d, dim=-1)
+    k_img = _rms_norm_f32(ca.norm_k_img, k_img).to(dtype).view(b, -1, n, d)
+    v_img = v_img.to(dtype).reshape(b, -1, n, d)
     img_x = attention(q, k_img, v_img).flatten(2)
     txt_x = attention(q, k, v).flatten(2)
+    k_a, v_a = _fused_linear(vocal_context, ca.k_vocal, ca.v_vocal).to(dtype).split(n * d, dim=-1)
     if vocal_context.dim() == 4:
         if q.shape[1] % num_groups:
             raise ValueError(f"{q.shape[1]} tokens cannot be split into {num_groups} latent frames")
-        k_a = ca.k_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
-        v_a = ca.v_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
+        k_a, v_a = k_a.reshape(b * num_groups, -1, n, d), v_a.reshape(b * num_groups, -1, n, d)
         aud_x = attention(q.view(b * num_groups, -1, n, d), k_a, v_a).reshape(b, -1, n * d)
     else:
-        k_a = ca.k_vocal(vocal_context).to(dtype).view(b, -1, n, d)
-        v_a = ca.v_vocal(vocal_context).to(dtype).view(b, -1, n, d)
+        k_a, v_a = k_a.reshape(b, -1, n, d), v_a.reshape(b, -1, n, d)
         aud_x = attention(q, k_a, v_a).flatten(2)
-    y = ca.o((txt_x.float() + img_x.float() + aud_x.float()).to(dtype))
+    y = _proj((txt_x.float() + img_x.float() + aud_x.float()).to(dtype), fp8, "co", dtype, ca.o)
     x = (x.float() + y.float()).to(res_dtype)
 
     # 3. feed-forward (modulated, gated)
     h = (_layer_norm_f32(block.norm2, x) * (1 + m[4]) + m[3]).to(dtype)
-    y = block.ffn(h)
+    if fp8 is None:
+        y = block.ffn(h)
+    else:
+        y = _proj(block.ffn[1](_proj(h, fp8, "ffn1", dtype)), fp8, "ffn2", dtype)
     return (x.float() + y.float() * m[5]).to(res_dtype)
 
 
@@ -213,8 +293,10 @@ class FastState:
     """What `enable_fast` attaches to the model: options, the compiled block function, the RoPE table cache."""
 
     def __init__(self, compile: bool, backend: str | object = "inductor", mode: str | None = None,
-                 fp32_residual: bool = True, teacache: TeaCache | None = None):
+                 fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False):
         self.compile = compile
+        self.fp8 = fp8
+        self._fp8: dict[int, dict[str, Fp8Linear]] = {}  # block index -> its fp8 weights (built on first use)
         self.teacache = teacache
         self.fp32_residual = fp32_residual
         self.backend = backend
@@ -250,13 +332,26 @@ class FastState:
             self._freqs, self._tables = freqs, (cos.contiguous(), sin.contiguous())
         return self._tables
 
-    def run_block(self, block: nn.Module, *args) -> Tensor:
+    def fp8_weights(self, index: int, block: nn.Module) -> dict | None:
+        """The fp8 copies of block `index`'s big Linears (None unless fp8), made on the weights' device the first
+        time and again if the block moved (offload modes)."""
+        if not self.fp8:
+            return None
+        dev = block.self_attn.q.weight.device
+        cached = self._fp8.get(index)
+        if cached is None or cached["qkv"].device != dev:
+            with torch.no_grad():
+                cached = {k: Fp8Linear(*get(block)) for k, get in FP8_GROUPS.items()}
+            self._fp8[index] = cached
+        return {k: v.tensors() for k, v in cached.items()}
+
+    def run_block(self, block: nn.Module, *args, fp8: dict | None = None) -> Tensor:
         if self.compiled is not None:
             try:
-                return self.compiled(block, *args)
+                return self.compiled(block, *args, fp8=fp8)
             except Exception as err:  # noqa: BLE001 - compiler missing/broken; a real error re-raises below
                 self._fail(err)
-        return fast_block_forward(block, *args)
+        return fast_block_forward(block, *args, fp8=fp8)
 
 
 def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x: Tensor, e0: Tensor,
@@ -277,7 +372,8 @@ def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x
         if not tc.compute and tc._x_in is None:  # a skipped call: blocks 1.. pass the stream through
             return x
     cos, sin = state.rope_tables(freqs, x.shape[1])
-    out = state.run_block(block, x, e0, cos, sin, context, vocal_context, num_groups, dtype)
+    out = state.run_block(block, x, e0, cos, sin, context, vocal_context, num_groups, dtype,
+                          fp8=state.fp8_weights(index, block))
     if tc is not None and last:
         tc.store(out)
     return out
@@ -285,19 +381,21 @@ def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x
 
 def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True,
                 backend: str | object = "inductor", mode: str | None = None,
-                state: FastState | None = None, teacache: TeaCache | None = None) -> FastState:
+                state: FastState | None = None, teacache: TeaCache | None = None, fp8: bool = False) -> FastState:
     """Switch `dit` (a WanTransformer3DFantasyModel) to the fast block forward; returns its FastState.
 
     compile: torch.compile the block function (one compilation for all blocks per input shape; falls back to
     eager with a warning where compilation is unavailable); fp32_residual: keep the residual stream in float32
     under autocast (more precise, ~1 % slower); backend/mode: passed to torch.compile; state: re-install a
     FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run);
-    teacache: an APPROXIMATE TeaCache (see the class), None = exact.
+    teacache: an APPROXIMATE TeaCache (see the class), None = exact; fp8: APPROXIMATE, the blocks' big Linears
+    (q/k/v, o, cross q/o, FFN) as float8_e4m3fn matmuls (`torch._scaled_mm`, per-channel weight and per-token
+    activation scales; needs a GPU with fp8 tensor cores for speed, e.g. Hopper; ~1.2 GB more memory at 1.3B).
     Weights, state_dict and the reference forward are untouched; `disable_fast(dit)` undoes it.
     Inference only: `dit.gradient_checkpointing` still works, but training is not what this path is tested for.
     """
     disable_fast(dit)
-    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache)
+    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache, fp8)
     n = len(dit.blocks)
     for i, block in enumerate(dit.blocks):
         # an instance attribute shadows the class's forward; nn.Module.__call__ (hooks included) calls it
