@@ -27,6 +27,7 @@ def main(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from wan.bench import build_random_pipeline
+    from wan.memory import apply_memory_mode
     from wan.configs import get_config
     from wan.distributed import apply_parallel, choose_layout, init_parallel
     from wan.sliding_window import num_latent_frames, num_video_frames, plan_windows
@@ -47,6 +48,7 @@ def main(args: argparse.Namespace) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)  # the same random weights on every rank
     pipe = build_random_pipeline(args.spec, device, dtype, Path(tempfile.mkdtemp(prefix="wan_mgpu_")))
+    apply_memory_mode(pipe, "model_full_load")  # as inference.py does
     if args.fast:
         from wan.models.fast import enable_fast
 
@@ -81,7 +83,8 @@ def main(args: argparse.Namespace) -> dict:
         ref = torch.load(args.compare)
         d = (out.latents - ref).abs()
         res.update(equal=bool(torch.equal(out.latents, ref)), max_abs_diff=d.max().item(),
-                   frac_differing=(d > 0).float().mean().item())
+                   frac_differing=(d > 0).float().mean().item(), max_abs_ref=ref.abs().max().item(),
+                   rel_l2=((out.latents.float() - ref.float()).norm() / ref.float().norm()).item())
     if ctx is None or ctx.is_main:
         if args.save:
             torch.save(out.latents, args.save)

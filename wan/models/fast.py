@@ -15,7 +15,9 @@ with fewer roundings and copies:
   reference rounds it to bf16 three times per block, the largest avoidable error of the bf16 forward (about a third
   of its error against a float32 forward at tiny size), for ~1 % more memory traffic. Without autocast (a plain
   bf16 or fp32 model) the stream keeps the model dtype, since the head's Linear must see its own dtype.
-* q/k/v of the self-attention (and the context-side k/v pairs of the cross-attention) as one matmul each.
+* The self-attention's query rows are zero-padded to a multiple of 128 tokens (32,760 -> 32,768 at 480x832) and
+  the extra output rows dropped: each row's output depends only on its own query, so the function is the same,
+  and cuDNN's kernel is faster on the aligned length (keys/values are never padded: that would change the softmax).
 * `torch.compile(dynamic=False)` of the block function: the 30 blocks share code, so there is one compilation per
   input-shape set (Python ints such as `num_groups` and the dtype are specialised constants); it fuses the
   elementwise work around the matmuls and attention. Off with `compile=False`; if compilation fails (no
@@ -44,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wan.models.attention import attention
+from wan.models.attention import attention, attention_padded_queries
 from wan.models.layers import WanRMSNorm
 
 
@@ -73,16 +75,6 @@ def rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     xr = x.unflatten(-1, (-1, 2))
     a, b = xr[..., 0], xr[..., 1]
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-
-
-def _fused_linear(x: Tensor, *linears: nn.Linear) -> Tensor:
-    """Several Linears of the same input as ONE matmul (weights concatenated along the output dim, per call: a few
-    MB copied, cheaper than reading x again); same dot products, so the same function up to GEMM rounding."""
-    if len(linears) == 1:
-        return linears[0](x)
-    w = torch.cat([m.weight for m in linears])
-    b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
-    return F.linear(x, w, b)
 
 
 # --- fp8 (APPROXIMATE, opt-in): e4m3 weights per output channel, activations per token, torch._scaled_mm ----
@@ -138,20 +130,20 @@ FP8_GROUPS = {
 }
 
 
-def _proj(x: Tensor, fp8: dict | None, key: str, dtype: torch.dtype, *linears: nn.Linear) -> Tensor:
-    if fp8 is not None:
-        return fp8_linear(x.to(dtype), *fp8[key], dtype)
-    return _fused_linear(x, *linears)
+def _proj(x: Tensor, fp8: dict | None, key: str, dtype: torch.dtype, linear: nn.Linear) -> Tensor:
+    """linear(x), or its fp8 copy (key in FP8_GROUPS) when fp8 is on."""
+    return linear(x) if fp8 is None else fp8_linear(x.to(dtype), *fp8[key], dtype)
 
 
 def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor, context: Tensor,
                        vocal_context: Tensor, num_groups: int, dtype: torch.dtype,
-                       fp8: dict | None = None) -> Tensor:
+                       fp8: dict | None = None, pad_queries: bool = False) -> Tensor:
     """The function of `WanAttentionBlock.forward` with fewer roundings; RoPE as float32 cos/sin tables.
 
     x: [B, S, dim] residual stream; e0: [B, 6, dim]; cos/sin: float32 [S, 1, head_dim/2] (padding rows 1 / 0);
     context: [B, clip_tokens + text_len, dim]; vocal_context: [B, G, K, dim] or [B, G*K, dim]; num_groups: G.
     fp8: None (exact), or this block's `Fp8Linear.tensors()` by `FP8_GROUPS` key (approximate).
+    pad_queries: self-attention through `attention_padded_queries` (same function, faster cuDNN tiling).
     """
     sa, ca = block.self_attn, block.cross_attn
     b, s = x.shape[:2]
@@ -160,14 +152,18 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     res_dtype = torch.promote_types(x.dtype, torch.promote_types(block.modulation.dtype, e0.dtype))
     m = (block.modulation.float() + e0.float()).chunk(6, dim=1)  # each [B, 1, dim], float32
 
-    # 1. self-attention (modulated, gated); q, k, v as one matmul
+    # 1. self-attention (modulated, gated)
     h = (_layer_norm_f32(block.norm1, x) * (1 + m[1]) + m[0]).to(dtype)
-    q, k, v = _proj(h, fp8, "qkv", dtype, sa.q, sa.k, sa.v).split(n * d, dim=-1)
+    if fp8 is None:  # three matmuls: one fused q/k/v matmul measured slower on the H200 (BENCHMARKS.md)
+        q, k, v = sa.q(h), sa.k(h), sa.v(h)
+    else:
+        q, k, v = fp8_linear(h, *fp8["qkv"], dtype).split(n * d, dim=-1)
     q = rope_real(_rms_norm_f32(sa.norm_q, q).view(b, s, n, d), cos, sin).to(dtype)
     k = rope_real(_rms_norm_f32(sa.norm_k, k).view(b, s, n, d), cos, sin).to(dtype)
     v = v.reshape(b, s, n, d).to(dtype)
     # the model's sequence-parallel seam (`attention` itself on one process)
-    y = getattr(sa, "attention_fn", attention)(q, k, v).flatten(2).to(dtype)
+    attn = getattr(sa, "attention_fn", None) or (attention_padded_queries if pad_queries else attention)
+    y = attn(q, k, v).flatten(2).to(dtype)
     y = _proj(y, fp8, "o", dtype, sa.o)
     x = (x.float() + y.float() * m[2]).to(res_dtype)
 
@@ -175,22 +171,21 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     h = _layer_norm_f32(block.norm3, x).to(dtype)
     q = _rms_norm_f32(ca.norm_q, _proj(h, fp8, "cq", dtype, ca.q)).to(dtype).view(b, -1, n, d)
     ctx_img, ctx_txt = context[:, :ca.clip_tokens].to(dtype), context[:, ca.clip_tokens:].to(dtype)
-    k, v = _fused_linear(ctx_txt, ca.k, ca.v).split(n * d, dim=-1)
-    k = _rms_norm_f32(ca.norm_k, k).to(dtype).view(b, -1, n, d)
-    v = v.to(dtype).reshape(b, -1, n, d)
-    k_img, v_img = _fused_linear(ctx_img, ca.k_img, ca.v_img).split(n * d, dim=-1)
-    k_img = _rms_norm_f32(ca.norm_k_img, k_img).to(dtype).view(b, -1, n, d)
-    v_img = v_img.to(dtype).reshape(b, -1, n, d)
+    k = _rms_norm_f32(ca.norm_k, ca.k(ctx_txt)).to(dtype).view(b, -1, n, d)
+    v = ca.v(ctx_txt).to(dtype).view(b, -1, n, d)
+    k_img = _rms_norm_f32(ca.norm_k_img, ca.k_img(ctx_img)).to(dtype).view(b, -1, n, d)
+    v_img = ca.v_img(ctx_img).to(dtype).view(b, -1, n, d)
     img_x = attention(q, k_img, v_img).flatten(2)
     txt_x = attention(q, k, v).flatten(2)
-    k_a, v_a = _fused_linear(vocal_context, ca.k_vocal, ca.v_vocal).to(dtype).split(n * d, dim=-1)
     if vocal_context.dim() == 4:
         if q.shape[1] % num_groups:
             raise ValueError(f"{q.shape[1]} tokens cannot be split into {num_groups} latent frames")
-        k_a, v_a = k_a.reshape(b * num_groups, -1, n, d), v_a.reshape(b * num_groups, -1, n, d)
+        k_a = ca.k_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
+        v_a = ca.v_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
         aud_x = attention(q.view(b * num_groups, -1, n, d), k_a, v_a).reshape(b, -1, n * d)
     else:
-        k_a, v_a = k_a.reshape(b, -1, n, d), v_a.reshape(b, -1, n, d)
+        k_a = ca.k_vocal(vocal_context).to(dtype).view(b, -1, n, d)
+        v_a = ca.v_vocal(vocal_context).to(dtype).view(b, -1, n, d)
         aud_x = attention(q, k_a, v_a).flatten(2)
     y = _proj((txt_x.float() + img_x.float() + aud_x.float()).to(dtype), fp8, "co", dtype, ca.o)
     x = (x.float() + y.float()).to(res_dtype)
@@ -200,7 +195,7 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     if fp8 is None:
         y = block.ffn(h)
     else:
-        y = _proj(block.ffn[1](_proj(h, fp8, "ffn1", dtype)), fp8, "ffn2", dtype)
+        y = fp8_linear(block.ffn[1](fp8_linear(h, *fp8["ffn1"], dtype)), *fp8["ffn2"], dtype)
     return (x.float() + y.float() * m[5]).to(res_dtype)
 
 
@@ -293,8 +288,10 @@ class FastState:
     """What `enable_fast` attaches to the model: options, the compiled block function, the RoPE table cache."""
 
     def __init__(self, compile: bool, backend: str | object = "inductor", mode: str | None = None,
-                 fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False):
+                 fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False,
+                 pad_queries: bool = True):
         self.compile = compile
+        self.pad_queries = pad_queries
         self.fp8 = fp8
         self._fp8: dict[int, dict[str, Fp8Linear]] = {}  # block index -> its fp8 weights (built on first use)
         self.teacache = teacache
@@ -346,12 +343,13 @@ class FastState:
         return {k: v.tensors() for k, v in cached.items()}
 
     def run_block(self, block: nn.Module, *args, fp8: dict | None = None) -> Tensor:
+        kw = {"fp8": fp8, "pad_queries": self.pad_queries}
         if self.compiled is not None:
             try:
-                return self.compiled(block, *args, fp8=fp8)
+                return self.compiled(block, *args, **kw)
             except Exception as err:  # noqa: BLE001 - compiler missing/broken; a real error re-raises below
                 self._fail(err)
-        return fast_block_forward(block, *args, fp8=fp8)
+        return fast_block_forward(block, *args, **kw)
 
 
 def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x: Tensor, e0: Tensor,
@@ -381,7 +379,8 @@ def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x
 
 def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True,
                 backend: str | object = "inductor", mode: str | None = None,
-                state: FastState | None = None, teacache: TeaCache | None = None, fp8: bool = False) -> FastState:
+                state: FastState | None = None, teacache: TeaCache | None = None, fp8: bool = False,
+                pad_queries: bool = True) -> FastState:
     """Switch `dit` (a WanTransformer3DFantasyModel) to the fast block forward; returns its FastState.
 
     compile: torch.compile the block function (one compilation for all blocks per input shape; falls back to
@@ -390,12 +389,14 @@ def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True
     FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run);
     teacache: an APPROXIMATE TeaCache (see the class), None = exact; fp8: APPROXIMATE, the blocks' big Linears
     (q/k/v, o, cross q/o, FFN) as float8_e4m3fn matmuls (`torch._scaled_mm`, per-channel weight and per-token
-    activation scales; needs a GPU with fp8 tensor cores for speed, e.g. Hopper; ~1.2 GB more memory at 1.3B).
+    activation scales; needs a GPU with fp8 tensor cores for speed, e.g. Hopper; ~1.2 GB more memory at 1.3B);
+    pad_queries: pad the self-attention's query rows to a multiple of 128 (exact; faster cuDNN tiling there).
     Weights, state_dict and the reference forward are untouched; `disable_fast(dit)` undoes it.
     Inference only: `dit.gradient_checkpointing` still works, but training is not what this path is tested for.
     """
     disable_fast(dit)
-    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache, fp8)
+    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache, fp8,
+                                                      pad_queries)
     n = len(dit.blocks)
     for i, block in enumerate(dit.blocks):
         # an instance attribute shadows the class's forward; nn.Module.__call__ (hooks included) calls it
