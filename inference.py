@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--window_parallel", action="store_true", help="(torchrun) spread the windows of each step over the ranks "
       "left after ulysses x ring; exact")
     a("--cfg_parallel", action="store_true", help="(torchrun) compute the 3 guidance branches on 2 or 3 ranks; exact")
-    a("--fsdp_dit", action="store_true", help="(no effect: the 1.3B DiT fits on every GPU)")
+    a("--fsdp_dit", action="store_true", help="(torchrun) shard the DiT's weights (FSDP2) over the ranks that run the "
+      "same forwards (CFG / Ulysses / Ring ranks); same numbers, less memory per GPU; model_full_load only")
     a("--fast", action="store_true", help="opt-in fast DiT forward (wan.models.fast: fp32 cos/sin RoPE, fewer casts, "
       "fp32 residual stream, torch.compile of the blocks): same function up to bf16 rounding, ~1.3x per forward on an "
       "H200 after a one-time compile; model_full_load / model_cpu_offload only")
@@ -96,7 +97,8 @@ def parallel_layout(args: argparse.Namespace, world: int, num_samples: int, spec
                            args.overlap_window_length)
     tokens_per_frame = (args.height // 16) * (args.width // 16)
     return choose_layout(world, len(windows), dit.num_heads, tokens_per_frame, ulysses=args.ulysses_degree,
-                         ring=args.ring_degree, window_parallel=args.window_parallel, cfg_parallel=args.cfg_parallel)
+                         ring=args.ring_degree, window_parallel=args.window_parallel, cfg_parallel=args.cfg_parallel,
+                         fsdp_dit=args.fsdp_dit)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -120,6 +122,10 @@ def main(args: argparse.Namespace) -> int:
                                  or world > 1):
         raise ValueError("--enable_teacache is single-process only (its per-window state assumes every window runs "
                          "here)")
+    if args.fsdp_dit and (args.fp8 or args.GPU_memory_mode != "model_full_load"):
+        raise ValueError("--fsdp_dit works with --GPU_memory_mode model_full_load and without --fp8")
+    if args.fsdp_dit and not parallel:
+        logging.warning("--fsdp_dit has no effect on one process")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     if device.type == "cpu" and args.GPU_memory_mode != "model_full_load":
@@ -155,16 +161,16 @@ def main(args: argparse.Namespace) -> int:
 
         apply_lora(pipe.dit, args.lora_path, merge=True)
     apply_memory_mode(pipe, args.GPU_memory_mode)
+    if ctx is not None:
+        from wan.distributed import apply_parallel
+
+        apply_parallel(pipe, ctx, fsdp_dit=args.fsdp_dit)
     if args.fast or args.enable_teacache or args.fp8:
         from wan.models.fast import TeaCache, enable_fast
 
         tc = (TeaCache(args.teacache_threshold, args.sample_steps, num_skip_start_steps=min(args.num_skip_start_steps, args.sample_steps),
                        offload=args.teacache_offload) if args.enable_teacache else None)
         enable_fast(pipe.dit, compile=device.type == "cuda", teacache=tc, fp8=args.fp8)
-    if ctx is not None:
-        from wan.distributed import apply_parallel
-
-        apply_parallel(pipe, ctx)
     load_s = time.perf_counter() - t0
 
     # 3. generate and write

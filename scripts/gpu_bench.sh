@@ -5,7 +5,8 @@
 #   bash scripts/gpu_bench.sh speed   OUT_DIR   # GPU 0: SDPA variants, DiT fast / fp8 (+ precision), then the 5 s
 #                                               #   clip with TeaCache 0.1; GPU 1: the 5 s clip, 50 steps, --fast
 #   bash scripts/gpu_bench.sh multi   OUT_DIR   # 1 vs 2 GPUs (window / CFG / Ulysses), equality
-#   bash scripts/gpu_bench.sh extra   OUT_DIR   # query padding on/off, a 30 s clip's memory, Ulysses' rel. error
+#   bash scripts/gpu_bench.sh extra   OUT_DIR   # a 30 s clip's memory, Ulysses' relative error
+#   bash scripts/gpu_bench.sh fastmulti OUT_DIR # --fast on 1 GPU vs --fast --window_parallel on 2
 # Every command's JSON and log land in OUT_DIR.
 set -uo pipefail
 what=${1:?speed|multi}
@@ -43,13 +44,11 @@ multi)
     done
   } > "$out/multi.log" 2>&1
   ;;
-extra)  # query padding on/off, memory over a longer clip (GPU 1); Ulysses vs 1 GPU with relative error (both)
+extra)  # attention layouts, DiT fast again, memory over a longer clip (GPU 1); Ulysses' relative error (both)
   (
     CUDA_VISIBLE_DEVICES=1 t 90 $py -m wan.bench attention --sizes 480x832 --runs 5 --warmup 2 --json "$out/attention2.json"
     CUDA_VISIBLE_DEVICES=1 t 200 $py -m wan.bench dit --fast --precision --sizes 480x832 512x512 --runs 5 --warmup 2 \
       --json "$out/dit_fast_padq.json"
-    CUDA_VISIBLE_DEVICES=1 t 100 $py -m wan.bench dit --fast --no_pad_queries --sizes 480x832 --runs 5 --warmup 2 \
-      --json "$out/dit_fast_nopadq.json"
     CUDA_VISIBLE_DEVICES=1 t 200 $py -m wan.bench pipeline --fast --sizes 480x832 --seconds 30 --steps 1 \
       --json "$out/pipe_fast_30s_1.json"
   ) > "$out/gpu1.log" 2>&1 &
@@ -61,6 +60,14 @@ extra)  # query padding on/off, memory over a longer clip (GPU 1); Ulysses vs 1 
     t 150 torchrun --nproc_per_node 2 -m wan.distributed.bench --size 480x832 --seconds 15 --steps 3 \
       --compare $one --ulysses_degree 2 --json "$out/mg_2gpu_usp_b.json"
   } > "$out/multi.log" 2>&1
+  ;;
+fastmulti)  # the fast path (compiled) on 1 GPU and window-parallel on 2, equality
+  {
+    CUDA_VISIBLE_DEVICES=0 t 200 $py -m wan.distributed.bench --fast --size 480x832 --seconds 15 --steps 3 \
+      --save /tmp/onef.pt --json "$out/mg_1gpu_fast.json" &&
+    t 200 torchrun --nproc_per_node 2 -m wan.distributed.bench --fast --window_parallel --size 480x832 --seconds 15 \
+      --steps 3 --compare /tmp/onef.pt --json "$out/mg_2gpu_window_fast.json"
+  } > "$out/fast_multi.log" 2>&1
   ;;
 *) echo "unknown group $what" >&2; exit 2 ;;
 esac

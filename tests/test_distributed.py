@@ -271,8 +271,9 @@ def test_a_failing_rank_does_not_hang_the_others(tmp_path):
 
 
 def test_bench_four_processes_window_x_cfg_exact(tmp_path):
-    """4 processes = 2 window groups x 2 CFG ranks (the groups of a 2-D grid), through the multi-GPU benchmark
-    entry point on random tiny weights: still exactly the 1-process latents."""
+    """4 processes = 2 window groups x 2 CFG ranks (the groups of a 2-D grid), the DiT sharded (FSDP) over each
+    window group's 2 CFG ranks, through the multi-GPU benchmark entry point on random tiny weights: still exactly
+    the 1-process latents."""
     common = ["-m", "wan.distributed.bench", "--spec=tiny", "--size=64x48", f"--seconds={SECONDS}",
               f"--frames={CLIP}", f"--overlap={OVERLAP}", "--steps=2", "--dtype=fp32", "--device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -281,9 +282,19 @@ def test_bench_four_processes_window_x_cfg_exact(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     four = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4",
                            f"--master_port={_free_port()}", *common, "--window_parallel", "--cfg_parallel",
-                           f"--compare={tmp_path / 'one.pt'}"], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)
+                           "--fsdp_dit", f"--compare={tmp_path / 'one.pt'}"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
     assert four.returncode == 0, four.stderr[-3000:]
     res = json.loads([line for line in four.stdout.splitlines() if line.startswith("{")][-1])
     assert res["layout"] == "ParallelLayout(window=2, cfg=2, ulysses=1, ring=1)"
     assert res["equal"] and res["max_abs_diff"] == 0.0, res
+    # --fsdp_dit: each rank holds about half of the DiT (sharded over its 2 CFG ranks), same latents
+    assert res["fsdp_dit"] and 0.45 < res["dit_params_here"] / res["dit_params"] < 0.55, res
+
+
+def test_fsdp_dit_needs_ranks_running_the_same_forwards():
+    assert choose_layout(2, 8, 12, 1560, fsdp_dit=True) == ParallelLayout(ulysses=2)  # not window=2
+    assert choose_layout(4, 8, 12, 1560, fsdp_dit=True) == ParallelLayout(window=2, ulysses=2)
+    assert choose_layout(1, 8, 12, 1560, fsdp_dit=True) == ParallelLayout()
+    with pytest.raises(ValueError, match="fsdp_dit"):
+        choose_layout(2, 8, 12, 1560, window_parallel=True, fsdp_dit=True)

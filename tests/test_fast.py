@@ -346,20 +346,3 @@ def test_fp8_is_approximate_close_and_leaves_the_model_alone():
     disable_fast(model)
     assert torch.equal(run(model, inp, torch.bfloat16, autocast=True), ref)
 
-
-def test_padded_queries_attention_is_the_same_function():
-    from wan.models.attention import attention, attention_padded_queries
-
-    q, k, v = (torch.randn(2, 100, 3, 16) for _ in range(3))
-    out = attention_padded_queries(q, k, v, multiple=64)
-    assert out.shape == (2, 100, 3, 16)
-    torch.testing.assert_close(out, attention(q, k, v), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(attention_padded_queries(q[:, :64], k, v, 64), attention(q[:, :64], k, v))
-
-
-def test_fast_without_query_padding_is_the_same_function():
-    model = random_dit()
-    inp = inputs()
-    ref = run(model, inp)
-    enable_fast(model, compile=False, pad_queries=False)
-    torch.testing.assert_close(run(model, inp), ref, rtol=1e-5, atol=1e-5)

@@ -105,7 +105,7 @@ def _fast_info(model) -> dict:
     if state is None:
         return {"fast": False}
     info = {"fast": True, "compiled": state.compiled is not None, "compile_failed": state.compile_failed,
-            "fp32_residual": state.fp32_residual, "fp8": state.fp8, "pad_queries": state.pad_queries}
+            "fp32_residual": state.fp32_residual, "fp8": state.fp8}
     if state.teacache is not None:
         info["teacache"] = {"threshold": state.teacache.threshold, "calls": state.teacache.calls,
                             "skipped": state.teacache.skipped}
@@ -165,7 +165,7 @@ def bench_dit(args) -> dict:
     if getattr(args, "fast", False) or getattr(args, "fp8", False):
         from wan.models.fast import enable_fast
 
-        enable_fast(model, compile=not args.no_compile, fp8=args.fp8, pad_queries=not args.no_pad_queries)
+        enable_fast(model, compile=not args.no_compile, fp8=args.fp8)
     inputs = _dit_bench_inputs(args.spec, width, height, args.frames, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -351,7 +351,7 @@ def bench_attention(args) -> list[dict]:
     (4*B*H*S^2*D flops per call)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from wan.models.attention import attention, attention_padded_queries
+    from wan.models.attention import attention
 
     device = torch.device(args.device)
     width, height = args.size
@@ -389,7 +389,6 @@ def bench_attention(args) -> list[dict]:
     if pad != s:
         run(f"BSHD views, S padded to {pad}", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2),
                                                                    v.transpose(1, 2)), pad)
-        run(f"queries padded to {pad} (entry point)", lambda q, k, v: attention_padded_queries(q, k, v).flatten(2), s)
 
         def kv_pad(q, k, v):
             k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad - s)) for t in (k, v))
@@ -589,7 +588,6 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
     p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
     p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
-    p.add_argument("--no_pad_queries", action="store_true", help="dit --fast: attention without query padding")
     p.add_argument("--fp8", action="store_true",
                    help="dit, dit_precision, pipeline: APPROXIMATE fp8 matmuls in the blocks (implies --fast)")
     p.add_argument("--teacache", type=float, default=0.0,

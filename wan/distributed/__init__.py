@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import math
 import os
 from dataclasses import dataclass
 
@@ -69,16 +70,19 @@ class ParallelLayout:
 
 
 def _step_cost(layout: ParallelLayout, num_windows: int) -> float:
-    """Relative time of one denoising step: forwards per rank x branches per rank / sequence share, with a 25 %
-    toll on a sequence-parallel forward for its all-to-alls (Wan2.1-1.3B scales to 2.3x on 8 GPUs with USP; the
-    exact strategies win ties). A model to be replaced by the measured 2-GPU numbers."""
+    """Relative time of one denoising step: forwards per rank x branches per rank / sequence share, with a toll on
+    a sequence-parallel forward for its all-to-alls. Measured on 2 H200s at 480x832 (BENCHMARKS.md): window-parallel
+    0.499 and CFG-parallel (2 ranks: 2 + 1 branches) 0.676 of the 1-GPU step, as this model says; Ulysses 2 0.520,
+    i.e. a 4 % toll. More sequence ranks pay more (Wan2.1-1.3B: 2.3x on 8 GPUs), so the toll grows with the degree
+    here (4 % per doubling, a guess beyond 2); the exact strategies win ties."""
     branches = -(-3 // layout.cfg)
-    seq = 1.0 if layout.sequence == 1 else 1.25 / layout.sequence
+    seq = 1.0 if layout.sequence == 1 else (1.0 + 0.04 * math.log2(layout.sequence)) / layout.sequence
     return -(-num_windows // layout.window) * branches * seq
 
 
 def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame: int, *, ulysses: int = 1,
-                  ring: int = 1, window_parallel: bool = False, cfg_parallel: bool = False) -> ParallelLayout:
+                  ring: int = 1, window_parallel: bool = False, cfg_parallel: bool = False,
+                  fsdp_dit: bool = False) -> ParallelLayout:
     """The layout of `world` processes for a video of `num_windows` windows.
 
     * Nothing asked (the GPU count only): the fastest layout by `_step_cost`, exact strategies first
@@ -86,6 +90,8 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
     * ulysses x ring == world and no flag: the original's pure sequence parallelism.
     * Otherwise the processes left after ulysses x ring go to CFG-parallel (3 or 2 ranks, with --cfg_parallel)
       and window-parallel (the rest, with --window_parallel).
+    * fsdp_dit: the DiT is sharded over the ranks that run the same forwards (CFG x sequence ranks of a window
+      group), so the automatic choice keeps at least 2 of them, and an explicit layout without any is an error.
     """
     if world < 1:
         raise ValueError(f"world size must be >= 1 (got {world})")
@@ -110,6 +116,8 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
             cand = ParallelLayout(window=w, cfg=c, ulysses=u)
             if u > 1 and (num_heads % u or tokens_per_frame % u):
                 continue
+            if fsdp_dit and world > 1 and c * u == 1:
+                continue
             key = (_step_cost(cand, num_windows), u, c)  # ties: fewer sequence, then fewer CFG ranks
             if best is None or key < best[0]:
                 best = (key, cand)
@@ -117,6 +125,18 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
             raise ValueError(f"no layout of {world} processes fits {num_heads} heads and {tokens_per_frame} tokens "
                              "per frame; use --window_parallel")
         return best[1]
+    layout = _explicit_layout(world, rest, ulysses, ring, window_parallel, cfg_parallel)
+    layout.check(num_heads, tokens_per_frame)
+    if fsdp_dit and world > 1 and layout.cfg * layout.sequence == 1:
+        raise ValueError("--fsdp_dit shards the DiT over the ranks that run the same forwards (--cfg_parallel, "
+                         "--ulysses_degree, --ring_degree); window-parallel ranks run different windows: add one of "
+                         "those, or drop --fsdp_dit")
+    return layout
+
+
+def _explicit_layout(world: int, rest: int, ulysses: int, ring: int, window_parallel: bool,
+                     cfg_parallel: bool) -> ParallelLayout:
+    seq = ulysses * ring
     if cfg_parallel and window_parallel:
         cfg = 3 if rest % 3 == 0 else 2 if rest % 2 == 0 else 1
         if cfg == 1:
@@ -130,7 +150,6 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
         layout = ParallelLayout(cfg=rest, ulysses=ulysses, ring=ring)
     else:
         layout = ParallelLayout(window=rest, ulysses=ulysses, ring=ring)
-    layout.check(num_heads, tokens_per_frame)
     return layout
 
 
@@ -144,6 +163,7 @@ class ParallelContext:
     window_group: dist.ProcessGroup | None
     cfg_group: dist.ProcessGroup | None
     seq_group: dist.ProcessGroup | None
+    forward_group: dist.ProcessGroup | None = None  # the CFG x sequence ranks of this window group (FSDP's group)
 
     @property
     def is_main(self) -> bool:
@@ -157,8 +177,9 @@ def _groups(layout: ParallelLayout, rank: int, backend: str | None):
     def g(w, c, s):
         return (w * c_n + c) * s_n + s
 
-    mine = dict.fromkeys(("window", "cfg", "seq"))
+    mine = dict.fromkeys(("window", "cfg", "seq", "forward"))
     kinds = {
+        "forward": ([[g(w, c, s) for c in range(c_n) for s in range(s_n)] for w in range(w_n)], c_n * s_n),
         "seq": ([[g(w, c, s) for s in range(s_n)] for w in range(w_n) for c in range(c_n)], s_n),
         "cfg": ([[g(w, c, s) for c in range(c_n)] for w in range(w_n) for s in range(s_n)], c_n),
         "window": ([[g(w, c, s) for w in range(w_n)] for c in range(c_n) for s in range(s_n)], w_n),
@@ -170,7 +191,7 @@ def _groups(layout: ParallelLayout, rank: int, backend: str | None):
             pg = dist.new_group(ranks, backend=backend)
             if rank in ranks:
                 mine[kind] = pg
-    return mine["window"], mine["cfg"], mine["seq"]
+    return mine["window"], mine["cfg"], mine["seq"], mine["forward"]
 
 
 def init_parallel(layout: ParallelLayout, *, backend: str | None = None, device_type: str | None = None,
@@ -205,13 +226,21 @@ def init_parallel(layout: ParallelLayout, *, backend: str | None = None, device_
         initialize_model_parallel(data_parallel_degree=layout.window, classifier_free_guidance_degree=layout.cfg,
                                   sequence_parallel_degree=layout.sequence, ulysses_degree=layout.ulysses,
                                   ring_degree=layout.ring)
-    wg, cg, sg = _groups(layout, rank, dist.get_backend())
-    return ParallelContext(layout, rank, device, wg, cg, sg)
+    wg, cg, sg, fg = _groups(layout, rank, dist.get_backend())
+    return ParallelContext(layout, rank, device, wg, cg, sg, fg)
 
 
-def apply_parallel(pipe, ctx: ParallelContext) -> None:
-    """Install the seams on a built StableAvatarPipeline (its models already on `ctx.device`)."""
+def apply_parallel(pipe, ctx: ParallelContext, fsdp_dit: bool = False) -> None:
+    """Install the seams on a built StableAvatarPipeline (its models already on `ctx.device`); fsdp_dit: shard the
+    DiT's weights over `ctx.forward_group` (see `wan.distributed.fsdp`)."""
     layout = ctx.layout
+    if fsdp_dit:
+        if ctx.forward_group is None:
+            raise ValueError(f"--fsdp_dit needs ranks that run the same forwards (CFG / sequence parallel); the "
+                             f"layout {layout} has none")
+        from wan.distributed.fsdp import shard_dit
+
+        shard_dit(pipe.dit, ctx.forward_group, ctx.device.type)
     pipe.parallel = WindowParallel(ctx.window_group, ctx.is_main)
     if layout.cfg > 1 or layout.sequence > 1:
         pipe.dit.token_split = DiTSplit(ctx.cfg_group, layout.cfg, ctx.seq_group)

@@ -40,7 +40,8 @@ def main(args: argparse.Namespace) -> dict:
                            args.overlap)
     layout = choose_layout(world, len(windows), spec.dit.num_heads, (height // 16) * (width // 16),
                            ulysses=args.ulysses_degree, ring=args.ring_degree,
-                           window_parallel=args.window_parallel, cfg_parallel=args.cfg_parallel)
+                           window_parallel=args.window_parallel, cfg_parallel=args.cfg_parallel,
+                           fsdp_dit=args.fsdp_dit)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ctx = init_parallel(layout, device_type=device.type) if world > 1 else None
     if ctx is not None:
@@ -49,12 +50,12 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)  # the same random weights on every rank
     pipe = build_random_pipeline(args.spec, device, dtype, Path(tempfile.mkdtemp(prefix="wan_mgpu_")))
     apply_memory_mode(pipe, "model_full_load")  # as inference.py does
+    if ctx is not None:
+        apply_parallel(pipe, ctx, fsdp_dit=args.fsdp_dit)
     if args.fast:
         from wan.models.fast import enable_fast
 
         enable_fast(pipe.dit, compile=device.type == "cuda")
-    if ctx is not None:
-        apply_parallel(pipe, ctx)
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(n_audio)).astype(np.float32)
     image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
@@ -74,7 +75,10 @@ def main(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
     res = {"what": "multi_gpu", "layout": str(layout), "world": world, "size_wxh": args.size, "frames": args.frames,
-           "windows": len(windows), "steps": args.steps, "dtype": args.dtype, "fast": args.fast, "denoise_s": out.timings["denoise_s"],
+           "windows": len(windows), "steps": args.steps, "dtype": args.dtype, "fast": args.fast,
+           "fsdp_dit": args.fsdp_dit, "dit_params": sum(p.numel() for p in pipe.dit.parameters()),
+           "dit_params_here": sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+                                  for p in pipe.dit.parameters()), "denoise_s": out.timings["denoise_s"],
            "per_step_s": out.timings["per_step_s"], "generate_s": total}
     if device.type == "cuda":
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring_degree", type=int, default=1)
     p.add_argument("--window_parallel", action="store_true")
     p.add_argument("--cfg_parallel", action="store_true")
+    p.add_argument("--fsdp_dit", action="store_true", help="shard the DiT over the CFG / sequence ranks (FSDP2)")
     p.add_argument("--fast", action="store_true", help="wan.models.fast.enable_fast on the DiT (compiled on a GPU)")
     p.add_argument("--save", default=None, help="save the final latents here (rank 0)")
     p.add_argument("--compare", default=None, help="compare the final latents with these")

@@ -22,16 +22,3 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
-
-def attention_padded_queries(q: Tensor, k: Tensor, v: Tensor, multiple: int = 128) -> Tensor:
-    """`attention` with the query rows zero-padded to a multiple of `multiple` and the extra output rows dropped.
-
-    Each output row depends only on its own query row and all keys/values, so this is the same function; the
-    keys/values are untouched (padding them would change every softmax). On the H200, cuDNN runs the DiT's
-    self-attention ~9 % faster at a multiple of 128 tokens (BENCHMARKS.md); used by the fast path only."""
-    s = q.shape[1]
-    pad = -s % multiple
-    if pad == 0:
-        return attention(q, k, v)
-    q = F.pad(q, (0, 0, 0, 0, 0, pad))
-    return attention(q, k, v)[:, :s]

@@ -15,9 +15,6 @@ with fewer roundings and copies:
   reference rounds it to bf16 three times per block, the largest avoidable error of the bf16 forward (about a third
   of its error against a float32 forward at tiny size), for ~1 % more memory traffic. Without autocast (a plain
   bf16 or fp32 model) the stream keeps the model dtype, since the head's Linear must see its own dtype.
-* The self-attention's query rows are zero-padded to a multiple of 128 tokens (32,760 -> 32,768 at 480x832) and
-  the extra output rows dropped: each row's output depends only on its own query, so the function is the same,
-  and cuDNN's kernel is faster on the aligned length (keys/values are never padded: that would change the softmax).
 * `torch.compile(dynamic=False)` of the block function: the 30 blocks share code, so there is one compilation per
   input-shape set (Python ints such as `num_groups` and the dtype are specialised constants); it fuses the
   elementwise work around the matmuls and attention. Off with `compile=False`; if compilation fails (no
@@ -46,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wan.models.attention import attention, attention_padded_queries
+from wan.models.attention import attention
 from wan.models.layers import WanRMSNorm
 
 
@@ -137,13 +134,12 @@ def _proj(x: Tensor, fp8: dict | None, key: str, dtype: torch.dtype, linear: nn.
 
 def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor, context: Tensor,
                        vocal_context: Tensor, num_groups: int, dtype: torch.dtype,
-                       fp8: dict | None = None, pad_queries: bool = False) -> Tensor:
+                       fp8: dict | None = None) -> Tensor:
     """The function of `WanAttentionBlock.forward` with fewer roundings; RoPE as float32 cos/sin tables.
 
     x: [B, S, dim] residual stream; e0: [B, 6, dim]; cos/sin: float32 [S, 1, head_dim/2] (padding rows 1 / 0);
     context: [B, clip_tokens + text_len, dim]; vocal_context: [B, G, K, dim] or [B, G*K, dim]; num_groups: G.
     fp8: None (exact), or this block's `Fp8Linear.tensors()` by `FP8_GROUPS` key (approximate).
-    pad_queries: self-attention through `attention_padded_queries` (same function, faster cuDNN tiling).
     """
     sa, ca = block.self_attn, block.cross_attn
     b, s = x.shape[:2]
@@ -162,8 +158,7 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
     k = rope_real(_rms_norm_f32(sa.norm_k, k).view(b, s, n, d), cos, sin).to(dtype)
     v = v.reshape(b, s, n, d).to(dtype)
     # the model's sequence-parallel seam (`attention` itself on one process)
-    attn = getattr(sa, "attention_fn", None) or (attention_padded_queries if pad_queries else attention)
-    y = attn(q, k, v).flatten(2).to(dtype)
+    y = getattr(sa, "attention_fn", attention)(q, k, v).flatten(2).to(dtype)
     y = _proj(y, fp8, "o", dtype, sa.o)
     x = (x.float() + y.float() * m[2]).to(res_dtype)
 
@@ -288,10 +283,8 @@ class FastState:
     """What `enable_fast` attaches to the model: options, the compiled block function, the RoPE table cache."""
 
     def __init__(self, compile: bool, backend: str | object = "inductor", mode: str | None = None,
-                 fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False,
-                 pad_queries: bool = True):
+                 fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False):
         self.compile = compile
-        self.pad_queries = pad_queries
         self.fp8 = fp8
         self._fp8: dict[int, dict[str, Fp8Linear]] = {}  # block index -> its fp8 weights (built on first use)
         self.teacache = teacache
@@ -343,13 +336,12 @@ class FastState:
         return {k: v.tensors() for k, v in cached.items()}
 
     def run_block(self, block: nn.Module, *args, fp8: dict | None = None) -> Tensor:
-        kw = {"fp8": fp8, "pad_queries": self.pad_queries}
         if self.compiled is not None:
             try:
-                return self.compiled(block, *args, **kw)
+                return self.compiled(block, *args, fp8=fp8)
             except Exception as err:  # noqa: BLE001 - compiler missing/broken; a real error re-raises below
                 self._fail(err)
-        return fast_block_forward(block, *args, **kw)
+        return fast_block_forward(block, *args, fp8=fp8)
 
 
 def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x: Tensor, e0: Tensor,
@@ -379,8 +371,7 @@ def _block_forward(state: FastState, index: int, last: bool, block: nn.Module, x
 
 def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True,
                 backend: str | object = "inductor", mode: str | None = None,
-                state: FastState | None = None, teacache: TeaCache | None = None, fp8: bool = False,
-                pad_queries: bool = True) -> FastState:
+                state: FastState | None = None, teacache: TeaCache | None = None, fp8: bool = False) -> FastState:
     """Switch `dit` (a WanTransformer3DFantasyModel) to the fast block forward; returns its FastState.
 
     compile: torch.compile the block function (one compilation for all blocks per input shape; falls back to
@@ -389,14 +380,12 @@ def enable_fast(dit: nn.Module, compile: bool = True, fp32_residual: bool = True
     FastState returned earlier (keeps its compiled code, e.g. after a `disable_fast` for a reference run);
     teacache: an APPROXIMATE TeaCache (see the class), None = exact; fp8: APPROXIMATE, the blocks' big Linears
     (q/k/v, o, cross q/o, FFN) as float8_e4m3fn matmuls (`torch._scaled_mm`, per-channel weight and per-token
-    activation scales; needs a GPU with fp8 tensor cores for speed, e.g. Hopper; ~1.2 GB more memory at 1.3B);
-    pad_queries: pad the self-attention's query rows to a multiple of 128 (exact; faster cuDNN tiling there).
+    activation scales; needs a GPU with fp8 tensor cores for speed, e.g. Hopper; ~1.2 GB more memory at 1.3B).
     Weights, state_dict and the reference forward are untouched; `disable_fast(dit)` undoes it.
     Inference only: `dit.gradient_checkpointing` still works, but training is not what this path is tested for.
     """
     disable_fast(dit)
-    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache, fp8,
-                                                      pad_queries)
+    state = state if state is not None else FastState(compile, backend, mode, fp32_residual, teacache, fp8)
     n = len(dit.blocks)
     for i, block in enumerate(dit.blocks):
         # an instance attribute shadows the class's forward; nn.Module.__call__ (hooks included) calls it
