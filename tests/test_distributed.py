@@ -298,3 +298,12 @@ def test_fsdp_dit_needs_ranks_running_the_same_forwards():
     assert choose_layout(1, 8, 12, 1560, fsdp_dit=True) == ParallelLayout()
     with pytest.raises(ValueError, match="fsdp_dit"):
         choose_layout(2, 8, 12, 1560, window_parallel=True, fsdp_dit=True)
+
+
+def test_automatic_layout_prefers_exact_unless_much_slower():
+    """With the measured costs (Ulysses 2: 0.52 of a step; window-parallel: ceil(n/2)/n), 5 windows on 2 GPUs
+    cost 9 units window-parallel vs 7.8 with Ulysses (13 % faster): the exact layout is kept; 3 windows cost
+    6 vs 4.7 (22 % faster): Ulysses."""
+    assert choose_layout(2, 5, 12, 1560) == ParallelLayout(window=2)
+    assert choose_layout(2, 3, 12, 1560) == ParallelLayout(ulysses=2)
+    assert choose_layout(2, 4, 12, 1560) == ParallelLayout(window=2)

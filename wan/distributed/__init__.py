@@ -69,12 +69,17 @@ class ParallelLayout:
                              "tokens of a latent frame (height/16 x width/16)")
 
 
+# with the GPU count only, a sequence-parallel layout (not bit-exact) is chosen over the best exact one only if its
+# estimated step time is at most this fraction of the exact one's
+EXACT_PREFERENCE = 0.8
+
+
 def _step_cost(layout: ParallelLayout, num_windows: int) -> float:
     """Relative time of one denoising step: forwards per rank x branches per rank / sequence share, with a toll on
     a sequence-parallel forward for its all-to-alls. Measured on 2 H200s at 480x832 (BENCHMARKS.md): window-parallel
     0.499 and CFG-parallel (2 ranks: 2 + 1 branches) 0.676 of the 1-GPU step, as this model says; Ulysses 2 0.520,
     i.e. a 4 % toll. More sequence ranks pay more (Wan2.1-1.3B: 2.3x on 8 GPUs), so the toll grows with the degree
-    here (4 % per doubling, a guess beyond 2); the exact strategies win ties."""
+    here (4 % per doubling, a guess beyond 2)."""
     branches = -(-3 // layout.cfg)
     seq = 1.0 if layout.sequence == 1 else (1.0 + 0.04 * math.log2(layout.sequence)) / layout.sequence
     return -(-num_windows // layout.window) * branches * seq
@@ -85,8 +90,8 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
                   fsdp_dit: bool = False) -> ParallelLayout:
     """The layout of `world` processes for a video of `num_windows` windows.
 
-    * Nothing asked (the GPU count only): the fastest layout by `_step_cost`, exact strategies first
-      (window-parallel while there are windows to share, then CFG-parallel, then Ulysses).
+    * Nothing asked (the GPU count only): the fastest exact layout by `_step_cost` (window- and CFG-parallel),
+      unless a sequence-parallel one is estimated at most `EXACT_PREFERENCE` (0.8) of its step time.
     * ulysses x ring == world and no flag: the original's pure sequence parallelism.
     * Otherwise the processes left after ulysses x ring go to CFG-parallel (3 or 2 ranks, with --cfg_parallel)
       and window-parallel (the rest, with --window_parallel).
@@ -108,7 +113,7 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
             layout = ParallelLayout(ulysses=ulysses, ring=ring)
             layout.check(num_heads, tokens_per_frame)
             return layout
-        best = None
+        best = {True: None, False: None}  # exact (no sequence split) / not
         for w, c in itertools.product(range(1, world + 1), range(1, 4)):
             if world % (w * c):
                 continue
@@ -119,12 +124,16 @@ def choose_layout(world: int, num_windows: int, num_heads: int, tokens_per_frame
             if fsdp_dit and world > 1 and c * u == 1:
                 continue
             key = (_step_cost(cand, num_windows), u, c)  # ties: fewer sequence, then fewer CFG ranks
-            if best is None or key < best[0]:
-                best = (key, cand)
-        if best is None:
+            if best[u == 1] is None or key < best[u == 1][0]:
+                best[u == 1] = (key, cand)
+        exact, approx = best[True], best[False]
+        if exact is None and approx is None:
             raise ValueError(f"no layout of {world} processes fits {num_heads} heads and {tokens_per_frame} tokens "
                              "per frame; use --window_parallel")
-        return best[1]
+        # the exact layouts give the 1-GPU video bit for bit: take one unless sequence parallelism is much faster
+        if exact is not None and (approx is None or approx[0][0] > EXACT_PREFERENCE * exact[0][0]):
+            return exact[1]
+        return approx[1]
     layout = _explicit_layout(world, rest, ulysses, ring, window_parallel, cfg_parallel)
     layout.check(num_heads, tokens_per_frame)
     if fsdp_dit and world > 1 and layout.cfg * layout.sequence == 1:
