@@ -142,3 +142,14 @@ def test_fast_and_teacache_flags(tree, tmp_path):
         assert probe(out / "video.mp4").num_frames == expected_frames(16000)
     r, _ = run(tree, tmp_path, audio, "--fast", "--GPU_memory_mode=sequential_cpu_offload")
     assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bf16_on_cpu_is_a_clear_error():
+    """CPU autocast does not run the original's float32 norms: bf16 on the CPU stops at once with the fix."""
+    import torch
+
+    from wan.pipeline import StableAvatarPipeline
+
+    pipe = StableAvatarPipeline(None, None, None, None, None, device="cpu", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="--dtype fp32"):
+        pipe.generate(np.zeros((48, 64, 3), np.uint8), np.zeros(16000, np.float32), "x", width=64, height=48)

@@ -197,6 +197,9 @@ class StableAvatarPipeline:
             raise ValueError(f"clip_sample_n_frames must be 4k+1 and >= 5 (got {clip_length}); the default is 81")
         if num_inference_steps < 1:
             raise ValueError(f"sample_steps must be >= 1 (got {num_inference_steps})")
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            raise ValueError(f"{self.dtype} inference needs a CUDA device (CPU autocast does not run the original's "
+                             "float32 norms and projections); use dtype float32 (--dtype fp32) on the CPU")
         if prompt is None:
             raise ValueError("prompt must be a string (it may be empty)")
         audio = np.asarray(audio, dtype=np.float32)
