@@ -129,13 +129,13 @@ def test_lora_path_is_merged(tree, tmp_path):
 
 
 def test_fast_and_teacache_flags(tree, tmp_path):
-    """--fast and --enable_teacache run end to end (eager on CPU). Their numbers are checked in-process
+    """--fast, --enable_teacache and --fp8 run end to end (eager on CPU). Their numbers are checked in-process
     (tests/test_fast.py: fast vs reference precision, TeaCache threshold 0 == fast path); decoded mp4 frames are not
     compared here because the H.264 encode through PyAV is not bit-reproducible run to run (a few pixel levels)."""
     from wan.io.video import probe
 
     audio = speech(1.0, tmp_path)
-    for i, extra in enumerate((["--fast"], ["--enable_teacache", "--teacache_threshold=0.05"])):
+    for i, extra in enumerate((["--fast"], ["--enable_teacache", "--teacache_threshold=0.05"], ["--fp8"])):
         (tmp_path / str(i)).mkdir()
         r, out = run(tree, tmp_path / str(i), audio, *extra, steps=2)
         assert r.returncode == 0, r.stderr[-3000:]
