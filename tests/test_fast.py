@@ -346,3 +346,33 @@ def test_fp8_is_approximate_close_and_leaves_the_model_alone():
     disable_fast(model)
     assert torch.equal(run(model, inp, torch.bfloat16, autocast=True), ref)
 
+
+
+def test_rope_table_is_built_once_per_grid_and_usable_with_autograd():
+    """The per-forward RoPE table is cached on its device (no host copy per forward); created under inference_mode
+    it must still serve a later training forward (an inference tensor cannot be saved for backward)."""
+    from wan.models.layers import _rope_freqs
+
+    with torch.inference_mode():
+        a = rope_freqs_for_grid((3, 4, 2), 16, torch.device("cpu"))
+    b = rope_freqs_for_grid((3, 4, 2), 16, "cpu")
+    assert a is b and not a.is_inference()
+    assert torch.equal(a, _rope_freqs((3, 4, 2), 16, torch.device("cpu"), 1024, 10000.0))
+    assert rope_freqs_for_grid((2, 4, 2), 16, "cpu") is not a
+    x = torch.randn(1, 24, 2, 16, requires_grad=True)
+    rope_apply(x, a).sum().backward()
+    assert x.grad is not None
+
+
+def test_audio_null_mask_no_copy_and_same_numbers():
+    from wan.models.dit import _keep_mask
+
+    m = _keep_mask((True, False, False), torch.device("cpu"), torch.float32)
+    assert m is _keep_mask((True, False, False), torch.device("cpu"), torch.float32)
+    assert m.tolist() == [0.0, 1.0, 1.0] and not m.is_inference()
+    model = random_dit()
+    inp = inputs()
+    with torch.no_grad():
+        as_list = model(**inp)
+        as_tensor = model(**dict(inp, audio_null=torch.tensor(inp["audio_null"])))
+    assert torch.equal(as_list, as_tensor)

@@ -10,6 +10,8 @@ norm statistics, RoPE in float64). In float32 without autocast (the golden fixtu
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Sequence
 
@@ -249,10 +251,13 @@ class WanTransformer3DFantasyModel(nn.Module):
         else:
             raise ValueError(f"vocal_embeddings batch {vocal_embeddings.shape[0]} must be 1 or the batch size {b}")
         if audio_null is not None:
-            keep = ~torch.as_tensor(audio_null, dtype=torch.bool, device=vc.device)
+            if isinstance(audio_null, Tensor):
+                keep = (~audio_null.to(device=vc.device, dtype=torch.bool)).to(vc.dtype)
+            else:  # a list of bools (the pipeline's guidance batch): a cached device mask, no copy per call
+                keep = _keep_mask(tuple(bool(v) for v in audio_null), vc.device, vc.dtype)
             if keep.numel() != b:
                 raise ValueError(f"audio_null has {keep.numel()} entries for a batch of {b}")
-            vc = vc * keep.view(b, 1, 1, 1).to(vc.dtype)
+            vc = vc * keep.view(b, 1, 1, 1)
         return vc
 
     def forward(self, x: Tensor, t: Tensor, context: Sequence[Tensor] | Tensor, seq_len: int, clip_fea: Tensor,
@@ -293,6 +298,13 @@ class WanTransformer3DFantasyModel(nn.Module):
             else:
                 h = block(h, e0, freqs, ctx, vc, num_groups, dtype)
         return self.unpatchify(split.gather(self.head(h, e), num_groups), grid)
+
+
+@functools.lru_cache(maxsize=16)
+def _keep_mask(audio_null: tuple[bool, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """1 where the element keeps its audio context, 0 where it is zeroed: [B] on `device` (built once)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return (~torch.tensor(audio_null, dtype=torch.bool)).to(device=device, dtype=dtype)
 
 
 def original_guidance_audio(vocal_embeddings: Tensor) -> tuple[Tensor, list[bool] | None]:

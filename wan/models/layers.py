@@ -78,10 +78,27 @@ def rope_table(head_dim: int, max_positions: int = 1024, theta: float = 10000.0)
     ], dim=1)
 
 
-def rope_freqs_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch.device,
+def rope_freqs_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch.device | str,
                         max_positions: int = 1024, theta: float = 10000.0) -> Tensor:
     """Per-token multipliers for a (F, h', w') token grid, positions local to the call:
-    complex128 [F*h'*w', 1, head_dim // 2], token order f-major then row then column."""
+    complex128 [F*h'*w', 1, head_dim // 2], token order f-major then row then column.
+
+    Cached per (grid, device, ...): built once on the device, so a forward does no host-to-device copy (33.5 MB and a
+    stream sync per call at 480x832 otherwise). The returned tensor is shared: read it, never modify it."""
+    return _rope_freqs_cached(tuple(int(v) for v in grid), int(head_dim), torch.device(device), int(max_positions),
+                              float(theta))
+
+
+@functools.lru_cache(maxsize=4)
+def _rope_freqs_cached(grid: tuple[int, int, int], head_dim: int, device: torch.device, max_positions: int,
+                       theta: float) -> Tensor:
+    # a normal tensor even when first asked for under torch.inference_mode (training may reuse it with autograd)
+    with torch.inference_mode(False), torch.no_grad():
+        return _rope_freqs(grid, head_dim, device, max_positions, theta)
+
+
+def _rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device, max_positions: int,
+                theta: float) -> Tensor:
     f, h, w = grid
     if max(f, h, w) > max_positions:
         raise ValueError(f"token grid {grid} exceeds the RoPE table of {max_positions} positions")
