@@ -376,3 +376,23 @@ def test_audio_null_mask_no_copy_and_same_numbers():
         as_list = model(**inp)
         as_tensor = model(**dict(inp, audio_null=torch.tensor(inp["audio_null"])))
     assert torch.equal(as_list, as_tensor)
+
+
+def test_bench_dit_fp8_and_attention_cpu_smoke(tmp_path, capsys):
+    """`python -m wan.bench dit --fp8 --precision` and `attention` at tiny size on the CPU (the GPU runs behind
+    BENCHMARKS.md use the same entry points)."""
+    import argparse
+    import json
+
+    from wan.bench import main, parse_size
+
+    common = dict(sizes=[parse_size("64x64")], frames=21, spec="tiny", dtype="bf16", device="cpu", warmup=0,
+                  runs=1, fast=False, no_compile=True, profile=None, teacache=0.0)
+    main(argparse.Namespace(what="dit", fp8=True, precision=True, json=str(tmp_path / "d.json"), **common))
+    r = json.loads((tmp_path / "d.json").read_text())["results"][0]
+    assert r["fast"] and r["fp8"] and r["precision"]["fast_rel_l2"] > 0
+    main(argparse.Namespace(what="attention", fp8=False, precision=False, json=str(tmp_path / "a.json"), **common))
+    res = json.loads((tmp_path / "a.json").read_text())["results"]
+    ok = [x for x in res if "error" not in x]
+    assert len(ok) >= 5 and all(x["median_s"] > 0 for x in ok)
+    assert "precision" in capsys.readouterr().out
