@@ -148,7 +148,7 @@ def test_errors(tmp_path):
                 c.mux(p)
         for p in vs.encode(None):
             c.mux(p)
-    with pytest.raises(ValueError, match="no audio stream"):
+    with pytest.raises(ValueError, match="no audio track"):
         load_audio(tmp_path / "silent.mp4")
 
 

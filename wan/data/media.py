@@ -20,35 +20,14 @@ def extract_audio(video_path: str | os.PathLike, wav_path: str | os.PathLike, sa
     through ffmpeg; here libswresample does the same (`sample_rate=None` keeps the source rate). A file without an
     audio track → ValueError.
     """
-    import av
     import soundfile
+
+    from wan.io.audio import decode_audio_s16
 
     video_path, wav_path = Path(video_path), Path(wav_path)
     if not video_path.is_file():
         raise FileNotFoundError(f"video {video_path} does not exist")
-    try:
-        container = av.open(str(video_path))
-    except av.error.FFmpegError as e:
-        raise ValueError(f"{video_path}: not a readable media file ({e})") from e
-    with container:
-        if not container.streams.audio:
-            raise ValueError(f"{video_path} has no audio track (streams: "
-                             f"{[s.type for s in container.streams] or 'none'}); nothing to extract")
-        stream = container.streams.audio[0]
-        layout = stream.codec_context.layout.name
-        rate = sample_rate or stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
-        chunks = []
-        try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-        except av.error.FFmpegError as e:
-            raise ValueError(f"{video_path}: cannot decode its audio track ({e})") from e
-    channels = len(av.AudioLayout(layout).channels)
-    pcm = np.concatenate(chunks).reshape(-1, channels) if chunks else np.zeros((0, channels), np.int16)
-    if pcm.shape[0] == 0:
-        raise ValueError(f"{video_path}: the audio track holds no samples")
+    pcm, rate = decode_audio_s16(video_path, sample_rate)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = wav_path.with_name(f".{wav_path.name}.part")
     soundfile.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")

@@ -73,35 +73,47 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
         return y.T, f.samplerate
 
 
-def _read_pyav(path: Path, sf_error: BaseException) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with PyAV -> ([C, N] float32 from s16, sample rate)."""
+def decode_audio_s16(path: str | os.PathLike, sample_rate: int | None = None,
+                     open_error: str = "") -> tuple[np.ndarray, int]:
+    """The first audio stream of a media file through PyAV as interleaved signed 16-bit PCM, like
+    `ffmpeg -i FILE -f s16le -`: -> (int16 [N, C], sample rate). sample_rate None keeps the native rate (the stream
+    must then keep one rate and channel count throughout); otherwise libswresample resamples to it, keeping the
+    channel layout. Every failure is a ValueError naming the file (open_error: extra context for the first one)."""
     import av
 
+    path = Path(path)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable audio or video file (soundfile: {sf_error}; PyAV: {e})") from e
+        raise ValueError(f"{path}: not a readable audio or video file ({open_error}PyAV: {e})") from e
     with container:
         if not container.streams.audio:
-            raise ValueError(f"{path}: the file has no audio stream (streams: "
-                             f"{[s.type for s in container.streams] or 'none'}); pass an audio file or a video with sound")
+            raise ValueError(f"{path}: no audio track (streams: {[s.type for s in container.streams] or 'none'}); "
+                             "pass an audio file or a video with sound")
         stream = container.streams.audio[0]
-        # interleaved signed 16-bit at the native rate and layout, like `ffmpeg -i FILE -f s16le -`
-        resampler = av.AudioResampler(format="s16")
-        chunks, sample_rate, channels = [], None, None
+        if sample_rate is None:
+            resampler = av.AudioResampler(format="s16")
+        else:
+            resampler = av.AudioResampler(format="s16", layout=stream.codec_context.layout.name, rate=sample_rate)
+        chunks, rate, channels = [], sample_rate, None
         try:
             for frame in container.decode(stream):
-                sample_rate = sample_rate or frame.sample_rate
                 channels = channels or len(frame.layout.channels)
-                if frame.sample_rate != sample_rate or len(frame.layout.channels) != channels:
-                    raise ValueError(f"{path}: the audio stream changes its sample rate or channel count midway")
+                if sample_rate is None:
+                    rate = rate or frame.sample_rate
+                    if frame.sample_rate != rate or len(frame.layout.channels) != channels:
+                        raise ValueError(f"{path}: the audio stream changes its sample rate or channel count midway")
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
         except av.error.FFmpegError as e:
             raise ValueError(f"{path}: cannot decode its audio stream ({e})") from e
-    if sample_rate is None:
+    if channels is None or not chunks:
         raise ValueError(f"{path}: the audio stream holds no samples")
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return np.concatenate(chunks).reshape(-1, channels), rate
+
+
+def _read_pyav(path: Path, sf_error: BaseException) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with PyAV -> ([C, N] float32 from s16, sample rate)."""
+    pcm, sample_rate = decode_audio_s16(path, open_error=f"soundfile: {sf_error}; ")
     # librosa.util.buf_to_float(n_bytes=2): int16 * (1 / 32768) in float32; then [N, C] -> [C, N]
-    y = pcm.astype(np.float32) * np.float32(1.0 / 32768)
-    return y.reshape(-1, channels).T, sample_rate
+    return (pcm.astype(np.float32) * np.float32(1.0 / 32768)).T, sample_rate
