@@ -34,7 +34,7 @@ speed)
   wait
   ;;
 multi)
-  one=/tmp/mgpu_one.pt
+  one=$(mktemp -d)/one.pt   # latents too big to come back; stays on the machine
   {
     CUDA_VISIBLE_DEVICES=0 t 240 $py -m wan.distributed.bench --size 480x832 --seconds 15 --steps 3 --save $one \
       --json "$out/mg_1gpu.json"
@@ -52,7 +52,7 @@ extra)  # attention layouts, DiT fast again, memory over a longer clip (GPU 1); 
     CUDA_VISIBLE_DEVICES=1 t 200 $py -m wan.bench pipeline --fast --sizes 480x832 --seconds 30 --steps 1 \
       --json "$out/pipe_fast_30s_1.json"
   ) > "$out/gpu1.log" 2>&1 &
-  one=/tmp/mgpu_one.pt
+  one=$(mktemp -d)/one.pt   # latents too big to come back; stays on the machine
   {
     CUDA_VISIBLE_DEVICES=0 t 240 $py -m wan.distributed.bench --size 480x832 --seconds 15 --steps 3 --save $one \
       --json "$out/mg_1gpu_b.json"
@@ -62,11 +62,12 @@ extra)  # attention layouts, DiT fast again, memory over a longer clip (GPU 1); 
   } > "$out/multi.log" 2>&1
   ;;
 fastmulti)  # the fast path (compiled) on 1 GPU and window-parallel on 2, equality
+  tmpd=$(mktemp -d)
   {
     CUDA_VISIBLE_DEVICES=0 t 200 $py -m wan.distributed.bench --fast --size 480x832 --seconds 15 --steps 3 \
-      --save /tmp/onef.pt --json "$out/mg_1gpu_fast.json" &&
+      --save "$tmpd/onef.pt" --json "$out/mg_1gpu_fast.json" &&
     t 200 torchrun --nproc_per_node 2 -m wan.distributed.bench --fast --window_parallel --size 480x832 --seconds 15 \
-      --steps 3 --compare /tmp/onef.pt --json "$out/mg_2gpu_window_fast.json"
+      --steps 3 --compare "$tmpd/onef.pt" --json "$out/mg_2gpu_window_fast.json"
   } > "$out/fast_multi.log" 2>&1
   ;;
 *) echo "unknown group $what" >&2; exit 2 ;;

@@ -213,15 +213,9 @@ def normalize(wave: np.ndarray, max_peak: float) -> np.ndarray:
 def load_mix(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Stereo float32 `[2, N]` at `sample_rate`, like `librosa.load(path, mono=False, sr=44100)` + mono→stereo
     (soundfile, or PyAV for containers such as mp4/m4a)."""
-    from wan.io.audio import _read_pyav, _read_soundfile, _soundfile_errors, resample
+    from wan.io.audio import read_audio_channels, resample
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {path} does not exist")
-    try:
-        y, sr = _read_soundfile(path)
-    except _soundfile_errors() as sf_error:
-        y, sr = _read_pyav(path, sf_error)
+    y, sr = read_audio_channels(path)
     if y.shape[0] > 2:
         raise ValueError(f"{path}: {y.shape[0]} audio channels; MDX models take mono or stereo — downmix first")
     if sr != sample_rate:

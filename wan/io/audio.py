@@ -25,13 +25,7 @@ def load_audio(path: str | os.PathLike, sr: int | None = SAMPLE_RATE) -> np.ndar
     Raises FileNotFoundError for a missing file, ValueError when the file has no audio stream, cannot be
     decoded, or holds no samples.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {path} does not exist")
-    try:
-        y, sr_in = _read_soundfile(path)
-    except _soundfile_errors() as sf_error:
-        y, sr_in = _read_pyav(path, sf_error)
+    y, sr_in = read_audio_channels(path)
     if y.shape[1] == 0:
         raise ValueError(f"{path}: the audio stream holds no samples")
     # librosa.to_mono: mean over channels of the [C, N] array (a single channel is used as is)
@@ -40,6 +34,18 @@ def load_audio(path: str | os.PathLike, sr: int | None = SAMPLE_RATE) -> np.ndar
     if sr is not None and sr != sr_in:
         y = resample(y, sr_in, sr)
     return y
+
+
+def read_audio_channels(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Every channel of an audio file or a video's audio track at its own rate: (float32 [C, N], sample rate).
+    soundfile first (wav/flac/ogg/mp3, as librosa), PyAV for anything else (mp4/m4a/aac/...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        return _read_soundfile(path)
+    except _soundfile_errors() as sf_error:
+        return _read_pyav(path, sf_error)
 
 
 def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
