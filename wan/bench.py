@@ -378,26 +378,23 @@ def bench_attention(args) -> list[dict]:
         results.append(r)
         print(f"attention {name:38s} S={tokens}: {sec * 1e3:7.2f} ms  {r['tflops']:6.1f} TFLOP/s", flush=True)
 
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    def views(q, k, v):  # SDPA on [B, H, S, D] transposed views of [B, S, H, D], no output copy
+        return torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+
+    def contiguous(q, k, v):
+        return views(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)))
+
     run("entry point (BSHD views, + flatten copy)", lambda q, k, v: attention(q, k, v).flatten(2), s)
-    run("BSHD transposed views", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)), s)
-    cont = lambda q, k, v: sdpa(*(t.transpose(1, 2).contiguous() for t in (q, k, v)))  # noqa: E731
-    run("BHSD contiguous (copies included)", cont, s)
-    run("BSHD views fp16", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)), s,
-        torch.float16)
+    run("BSHD transposed views", views, s)
+    run("BHSD contiguous (copies included)", contiguous, s)
+    run("BSHD views fp16", views, s, torch.float16)
     pad = -(-s // 128) * 128
     if pad != s:
-        run(f"BSHD views, S padded to {pad}", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2),
-                                                                   v.transpose(1, 2)), pad)
-
-        def kv_pad(q, k, v):
-            k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad - s)) for t in (k, v))
-            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-
-        run(f"keys/values padded to {pad} (not exact)", kv_pad, s)
+        run(f"BSHD views, S padded to {pad}", views, pad)
+        run(f"keys/values padded to {pad} (not exact)",
+            lambda q, k, v: views(q, *(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad - s)) for t in (k, v))), s)
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
-        run(f"forced {backend.name}", lambda q, k, v: sdpa(q.transpose(1, 2), k.transpose(1, 2),
-                                                           v.transpose(1, 2)), s, backend=backend)
+        run(f"forced {backend.name}", views, s, backend=backend)
     return results
 
 

@@ -27,9 +27,9 @@ def main(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from wan.bench import build_random_pipeline
-    from wan.memory import apply_memory_mode
     from wan.configs import get_config
     from wan.distributed import apply_parallel, choose_layout, init_parallel
+    from wan.memory import apply_memory_mode
     from wan.sliding_window import num_latent_frames, num_video_frames, plan_windows
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -21,4 +21,3 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
-

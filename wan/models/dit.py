@@ -11,7 +11,6 @@ norm statistics, RoPE in float64). In float32 without autocast (the golden fixtu
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Sequence
 

@@ -88,20 +88,14 @@ def quantize_fp8_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
-class Fp8Linear:
-    """The fp8 copy of one or several Linears of the same input (concatenated along the output dim): weight
-    float8_e4m3fn [N, K] with one float32 scale per output channel [1, N], bias in the original dtype. Built from
-    the model's weights, which stay as they are (the state dict and the reference forward are untouched)."""
-
-    def __init__(self, *linears: nn.Linear):
-        w = torch.cat([m.weight.detach() for m in linears])
-        q, s = quantize_fp8_rows(w)
-        self.weight, self.scale = q, s.view(1, -1)
-        self.bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
-        self.device = w.device
-
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        return self.weight, self.scale, self.bias
+def fp8_copy(*linears: nn.Linear) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The fp8 copy of one or several Linears of the same input (concatenated along the output dim): (weight
+    float8_e4m3fn [N, K], one float32 scale per output channel [1, N], bias in the original dtype or None). The
+    model's weights stay as they are (the state dict and the reference forward are untouched)."""
+    w = torch.cat([m.weight.detach() for m in linears])
+    q, s = quantize_fp8_rows(w)
+    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+    return q, s.view(1, -1), bias
 
 
 def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -139,7 +133,7 @@ def fast_block_forward(block: nn.Module, x: Tensor, e0: Tensor, cos: Tensor, sin
 
     x: [B, S, dim] residual stream; e0: [B, 6, dim]; cos/sin: float32 [S, 1, head_dim/2] (padding rows 1 / 0);
     context: [B, clip_tokens + text_len, dim]; vocal_context: [B, G, K, dim] or [B, G*K, dim]; num_groups: G.
-    fp8: None (exact), or this block's `Fp8Linear.tensors()` by `FP8_GROUPS` key (approximate).
+    fp8: None (exact), or this block's `fp8_copy` tuples by `FP8_GROUPS` key (approximate).
     """
     sa, ca = block.self_attn, block.cross_attn
     b, s = x.shape[:2]
@@ -286,7 +280,7 @@ class FastState:
                  fp32_residual: bool = True, teacache: TeaCache | None = None, fp8: bool = False):
         self.compile = compile
         self.fp8 = fp8
-        self._fp8: dict[int, dict[str, Fp8Linear]] = {}  # block index -> its fp8 weights (built on first use)
+        self._fp8: dict[int, dict[str, tuple]] = {}  # block index -> its fp8 weights (built on first use)
         self.teacache = teacache
         self.fp32_residual = fp32_residual
         self.backend = backend
@@ -329,11 +323,11 @@ class FastState:
             return None
         dev = block.self_attn.q.weight.device
         cached = self._fp8.get(index)
-        if cached is None or cached["qkv"].device != dev:
+        if cached is None or cached["qkv"][0].device != dev:
             with torch.no_grad():
-                cached = {k: Fp8Linear(*get(block)) for k, get in FP8_GROUPS.items()}
+                cached = {k: fp8_copy(*get(block)) for k, get in FP8_GROUPS.items()}
             self._fp8[index] = cached
-        return {k: v.tensors() for k, v in cached.items()}
+        return cached
 
     def run_block(self, block: nn.Module, *args, fp8: dict | None = None) -> Tensor:
         if self.compiled is not None:

@@ -92,23 +92,18 @@ def rope_freqs_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch
 @functools.lru_cache(maxsize=4)
 def _rope_freqs_cached(grid: tuple[int, int, int], head_dim: int, device: torch.device, max_positions: int,
                        theta: float) -> Tensor:
-    # a normal tensor even when first asked for under torch.inference_mode (training may reuse it with autograd)
-    with torch.inference_mode(False), torch.no_grad():
-        return _rope_freqs(grid, head_dim, device, max_positions, theta)
-
-
-def _rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device, max_positions: int,
-                theta: float) -> Tensor:
     f, h, w = grid
     if max(f, h, w) > max_positions:
         raise ValueError(f"token grid {grid} exceeds the RoPE table of {max_positions} positions")
-    ft, fh, fw = rope_table(head_dim, max_positions, theta).split(rope_split(head_dim), dim=1)
-    freqs = torch.cat([
-        ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-        fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-        fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
-    ], dim=-1).reshape(f * h * w, 1, -1)
-    return freqs.to(device)
+    # a normal tensor even when first asked for under torch.inference_mode (training may reuse it with autograd)
+    with torch.inference_mode(False), torch.no_grad():
+        ft, fh, fw = rope_table(head_dim, max_positions, theta).split(rope_split(head_dim), dim=1)
+        freqs = torch.cat([
+            ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ], dim=-1).reshape(f * h * w, 1, -1)
+        return freqs.to(device)
 
 
 def rope_apply(x: Tensor, freqs: Tensor) -> Tensor:
