@@ -30,8 +30,11 @@ def extract_audio(video_path: str | os.PathLike, wav_path: str | os.PathLike, sa
     pcm, rate = decode_audio_s16(video_path, sample_rate)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = wav_path.with_name(f".{wav_path.name}.part")
-    soundfile.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, wav_path)
+    try:
+        soundfile.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, wav_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
     return wav_path
 
 
