@@ -132,10 +132,18 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Defaults of inference.py / inference.sh."""
+    """The fixed rates of the pipeline and the ONE home of the generation defaults.
+
+    `StableAvatarPipeline.generate()` reads every argument left at None from here: the values the original's
+    `inference.sh` passes (the authors' recommended settings). `inference.py` keeps the original's argparse
+    defaults where they differ (`ORIGINAL_CLI_DEFAULTS`), so the original's command lines mean the same; `inference.sh`
+    passes these values explicitly."""
 
     sample_rate: int = 16000
     fps: int = 25
+    width: int = 512
+    height: int = 512
+    seed: int = 42  # the original crashes without one
     clip_sample_n_frames: int = 81
     overlap_window_length: int = 5
     overlapping_weight_scheme: str = "uniform"
@@ -151,6 +159,14 @@ class PipelineConfig:
     @property
     def audio_samples_per_frame(self) -> int:
         return self.sample_rate // self.fps
+
+
+# inference.py's defaults where the original's argparse differs from `PipelineConfig` (its inference.sh overrides all
+# three with PipelineConfig's values): field name -> value
+ORIGINAL_CLI_DEFAULTS = {"text_guide_scale": 5.0, "audio_guide_scale": 4.0, "overlap_window_length": 10}
+
+# --GPU_memory_mode values (wan/memory.py applies them); here so that the CLI can check a flag without torch
+MEMORY_MODES = ("model_full_load", "model_cpu_offload", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import contextlib
 import torch
 from torch import nn
 
-MODES = ("model_full_load", "model_cpu_offload", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8")
+from wan.configs import MEMORY_MODES
+
 STAGE_MODELS = {"text_encoder": "text_encoder", "image_encoder": "image_encoder", "vae": "vae",
                 "audio_encoder": "audio_encoder", "dit": "dit"}
 
@@ -45,8 +46,8 @@ def apply_memory_mode(pipe, mode: str, offload_text_encoder: bool | None = None)
 
     offload_text_encoder: model_full_load only; None = on for a CUDA pipeline (the text encoder visits the GPU
     for its stage, blocks streamed), off elsewhere (nothing to save on the CPU)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown GPU_memory_mode {mode!r}; choose one of {MODES}")
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"unknown GPU_memory_mode {mode!r}; choose one of {MEMORY_MODES}")
     device = pipe.device
     if mode == "model_full_load":
         if offload_text_encoder is None:

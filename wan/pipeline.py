@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,9 @@ from torch import Tensor
 
 from wan.configs import ModelSpec, PipelineConfig, get_config
 from wan.sampling import euler_step, flow_sigmas, guidance
-from wan.sliding_window import (
-    Window, audio_slice, blend_weights, fuse_overlap, num_decoded_frames, num_latent_frames, num_video_frames,
-    plan_windows,
-)
+from wan.sliding_window import Window, audio_slice, blend_weights, check_size, fuse_overlap, plan_video
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_HINT = "512x512, 480x832 (portrait) or 832x480 (landscape) are what the released weights were trained on"
 
 
 @dataclass
@@ -52,24 +48,20 @@ class GenerationOutput:
 
 def load_reference_image(image, width: int, height: int) -> Tensor:
     """Path or PIL image -> [1, 3, H, W] float32 in [-1, 1], resized like the original:
-    `PIL.Image.convert("RGB").resize([width, height])` (Pillow's default BICUBIC, aspect not kept), /255, (x-0.5)*2.
-    RGBA inputs are converted to RGB (alpha dropped), as the original's `.convert("RGB")` does."""
-    from PIL import Image, UnidentifiedImageError
+    `PIL.Image.convert("RGB").resize([width, height])` (Pillow's default BICUBIC, aspect not kept: a warning says
+    so when the aspect changes by more than 10 %), /255, (x-0.5)*2. RGBA inputs are converted to RGB (alpha
+    dropped), as the original's `.convert("RGB")` does."""
+    from PIL import Image
+
+    from wan.io.image import open_image, warn_if_stretched
 
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"reference image {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                pil = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"reference image {path} is not a readable image ({e})") from e
+        pil = open_image(image)
     elif isinstance(image, Image.Image):
         pil = image.convert("RGB")
     else:
         raise ValueError(f"reference image must be a path or a PIL image, got {type(image).__name__}")
+    warn_if_stretched(pil.size, width, height)
     pil = pil.resize([width, height])
     x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     return ((x - 0.5) * 2)[None]
@@ -147,14 +139,25 @@ class StableAvatarPipeline:
         if pretrained_wav2vec_path is None:
             raise ValueError("--pretrained_wav2vec_path is required (checkpoints/wav2vec2-base-960h)")
         ld = torch.device(load_device or device)
-        dit = load_dit(wan_dir, transformer_path, dtype=dtype, device=ld)
+
+        def timed(what: str, load: Callable[[], object]):
+            t0 = time.perf_counter()
+            model = load()
+            log.info("loaded %s in %.1f s", what, time.perf_counter() - t0)
+            return model
+
+        dit = timed(f"the DiT ({str(dtype).removeprefix('torch.')}, {ld})", lambda: load_dit(wan_dir, transformer_path, dtype=dtype, device=ld))
         spec = spec or get_config("stableavatar-1.3b")
         spec = ModelSpec(dit=dit.cfg, vae=spec.vae, t5=spec.t5, clip=spec.clip, scheduler=spec.scheduler,
                          pipeline=spec.pipeline)
-        text_encoder = TextEncoder.from_checkpoints(wan_dir, spec.t5, dtype=dtype, device=ld)
-        image_encoder = ImageEncoder.from_checkpoints(wan_dir, spec.clip, dtype=torch.float32, device=ld)
-        vae = WanVAE.from_checkpoints(wan_dir, spec.vae, dtype=torch.float32, device=ld)
-        audio_encoder = AudioEncoder.from_pretrained(pretrained_wav2vec_path, dtype=torch.float32, device=ld)
+        text_encoder = timed(f"umT5 ({str(dtype).removeprefix('torch.')})", lambda: TextEncoder.from_checkpoints(wan_dir, spec.t5, dtype=dtype,
+                                                                                      device=ld))
+        image_encoder = timed("CLIP (float32)", lambda: ImageEncoder.from_checkpoints(
+            wan_dir, spec.clip, dtype=torch.float32, device=ld))
+        vae = timed("the VAE (float32)", lambda: WanVAE.from_checkpoints(wan_dir, spec.vae, dtype=torch.float32,
+                                                                          device=ld))
+        audio_encoder = timed("wav2vec2 (float32)", lambda: AudioEncoder.from_pretrained(
+            pretrained_wav2vec_path, dtype=torch.float32, device=ld))
         return cls(dit, vae, text_encoder, image_encoder, audio_encoder, spec, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -163,43 +166,48 @@ class StableAvatarPipeline:
         return torch.autocast(self.device.type, dtype=self.dtype,
                               enabled=self.dtype != torch.float32 and self.device.type == "cuda")
 
-    def check_size(self, width: int, height: int) -> None:
-        if width <= 0 or height <= 0 or width % 16 or height % 16:
-            raise ValueError(f"width and height must be positive multiples of 16 (got {width}x{height}); "
-                             f"{SUPPORTED_HINT}")
-
     # ------------------------------------------------------------------------------------------- generate
     @torch.no_grad()
     def generate(self, reference_image, audio: np.ndarray, prompt: str, *, negative_prompt: str | None = None,
-                 width: int = 512, height: int = 512, num_inference_steps: int = 50, seed: int = 42,
-                 text_guide_scale: float = 3.0, audio_guide_scale: float = 5.0, overlap_window_length: int = 5,
-                 overlapping_weight_scheme: str = "uniform", clip_length: int = 81,
+                 width: int | None = None, height: int | None = None, num_inference_steps: int | None = None,
+                 seed: int | None = None, text_guide_scale: float | None = None,
+                 audio_guide_scale: float | None = None, overlap_window_length: int | None = None,
+                 overlapping_weight_scheme: str | None = None, clip_length: int | None = None,
                  latents: Tensor | None = None, progress: bool = True,
                  cache_audio_features: bool = True) -> GenerationOutput:
         """reference_image: path or PIL image; audio: float32 mono waveform at 16 kHz [N].
         Returns the final latents; `decode_frames` / `write_video` turn them into frames / an mp4.
 
+        Every argument left at None takes its value from `self.spec.pipeline` (`wan.configs.PipelineConfig`: the
+        settings of the original's inference.sh — 512x512, 50 steps, seed 42, text/audio guidance 3.0/5.0,
+        overlap 5, uniform blending, 81-frame windows).
         `latents` replaces the seeded noise ([1, 16, F, H/8, W/8], e.g. a golden's initial noise).
         `cache_audio_features=False` re-runs wav2vec2 at every step like the original (same numbers, slower)."""
-        import time
-
         from tqdm.auto import tqdm
 
         pc: PipelineConfig = self.spec.pipeline
+        width = pc.width if width is None else width
+        height = pc.height if height is None else height
+        num_inference_steps = pc.sample_steps if num_inference_steps is None else num_inference_steps
+        seed = pc.seed if seed is None else seed
+        text_guide_scale = pc.text_guide_scale if text_guide_scale is None else text_guide_scale
+        audio_guide_scale = pc.audio_guide_scale if audio_guide_scale is None else audio_guide_scale
+        overlap_window_length = pc.overlap_window_length if overlap_window_length is None else overlap_window_length
+        overlapping_weight_scheme = (pc.overlapping_weight_scheme if overlapping_weight_scheme is None
+                                     else overlapping_weight_scheme)
+        clip_length = pc.clip_sample_n_frames if clip_length is None else clip_length
         cfg = self.spec.dit
         temporal = cfg.temporal_compression
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
         # 1. check inputs
-        self.check_size(width, height)
-        if clip_length < 5 or (clip_length - 1) % temporal:
-            raise ValueError(f"clip_sample_n_frames must be 4k+1 and >= 5 (got {clip_length}); the default is 81")
+        check_size(width, height)
         if num_inference_steps < 1:
             raise ValueError(f"sample_steps must be >= 1 (got {num_inference_steps})")
         if self.device.type == "cpu" and self.dtype != torch.float32:
             raise ValueError(f"{self.dtype} inference needs a CUDA device (CPU autocast does not run the original's "
-                             "float32 norms and projections); use dtype float32 (--dtype fp32) on the CPU")
+                             "float32 norms and projections); use dtype float32 (--dtype fp32 or auto) on the CPU")
         if prompt is None:
             raise ValueError("prompt must be a string (it may be empty)")
         audio = np.asarray(audio, dtype=np.float32)
@@ -208,14 +216,10 @@ class StableAvatarPipeline:
         if not np.isfinite(audio).all():
             raise ValueError("audio contains NaN or infinite samples")
         spf = pc.audio_samples_per_frame
-        n_video = num_video_frames(len(audio), pc.sample_rate, pc.fps)
-        if n_video < 1:
-            raise ValueError(f"audio of {len(audio)} samples ({len(audio) / pc.sample_rate:.3f} s) is shorter than one "
-                             f"video frame ({spf} samples at {pc.sample_rate} Hz / {pc.fps} fps)")
-        n_latent = num_latent_frames(n_video, temporal)
-        fpw = num_latent_frames(clip_length, temporal)
-        windows = plan_windows(n_latent, fpw, overlap_window_length)
-        blend_weights(overlap_window_length, overlapping_weight_scheme)  # validates the scheme name early
+        plan = plan_video(len(audio), clip_length, overlap_window_length, overlapping_weight_scheme,
+                          pc.sample_rate, pc.fps, temporal)
+        n_latent, fpw, windows = plan.num_latent_frames, plan.frames_per_window, list(plan.windows)
+        log.debug("%dx%d: %s", width, height, plan.describe(num_inference_steps))  # the CLI logs it before loading
         h, w = height // 8, width // 8
         seq_len = math.ceil((h * w) / (cfg.patch_size[1] * cfg.patch_size[2]) * fpw)
         neg = pc.negative_prompt if negative_prompt is None else negative_prompt
@@ -295,7 +299,7 @@ class StableAvatarPipeline:
         bar.close()
         timings["denoise_s"] = time.perf_counter() - t_loop
         timings["per_step_s"] = timings["denoise_s"] / num_inference_steps
-        return GenerationOutput(lat.float().cpu(), num_decoded_frames(n_latent, temporal), audio, width, height,
+        return GenerationOutput(lat.float().cpu(), plan.num_decoded_frames, audio, width, height,
                                 timings)
 
     # ------------------------------------------------------------------------------------------- decode

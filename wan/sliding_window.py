@@ -14,13 +14,15 @@ Lengths (all floors; sr 16 kHz, 25 fps → 640 samples per video frame):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI checks a request before importing it
+    import torch
+    from torch import Tensor
 
 __all__ = [
-    "Window", "plan_windows", "audio_slice", "blend_weights", "fuse_overlap",
-    "num_video_frames", "num_latent_frames", "num_decoded_frames", "BLEND_SCHEMES",
+    "Window", "plan_windows", "audio_slice", "blend_weights", "fuse_overlap", "VideoPlan", "plan_video",
+    "check_size", "num_video_frames", "num_latent_frames", "num_decoded_frames", "BLEND_SCHEMES",
 ]
 
 BLEND_SCHEMES = ("uniform", "log")
@@ -121,6 +123,65 @@ def plan_windows(num_latent_frames: int, frames_per_window: int, overlap: int) -
     return windows
 
 
+@dataclass(frozen=True)
+class VideoPlan:
+    """Everything the audio's length decides, before any model runs.
+
+    num_samples (16 kHz) -> num_video_frames -> num_latent_frames, windows of frames_per_window latent frames;
+    the VAE decodes num_decoded_frames (4k+1, up to 3 fewer than num_video_frames)."""
+
+    num_samples: int
+    num_video_frames: int
+    num_latent_frames: int
+    frames_per_window: int
+    windows: tuple[Window, ...]
+    num_decoded_frames: int
+    sample_rate: int = 16000
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    def describe(self, steps: int | None = None) -> str:
+        s = (f"{self.seconds:.2f} s of audio -> {self.num_video_frames} video frames -> {self.num_latent_frames} "
+             f"latent frames -> {len(self.windows)} window(s) of {self.frames_per_window}")
+        if steps is not None:
+            s += f" x {steps} steps = {len(self.windows) * steps} DiT calls"
+        return s + f"; {self.num_decoded_frames} frames decoded"
+
+
+def plan_video(num_samples: int, clip_length: int, overlap: int, scheme: str = "uniform",
+               sample_rate: int = 16000, fps: int = 25, temporal: int = 4) -> VideoPlan:
+    """Check the window settings against an audio of `num_samples` samples and plan the video (no torch needed).
+
+    Raises ValueError naming the value and the fix for: clip_length not 4k+1 >= 5, an unknown blend scheme,
+    audio shorter than one video frame, and the overlap rules of `plan_windows`."""
+    if clip_length < temporal + 1 or (clip_length - 1) % temporal:
+        raise ValueError(f"clip_sample_n_frames must be {temporal}k+1 and >= {temporal + 1} (got {clip_length}); "
+                         "the default is 81")
+    if scheme not in BLEND_SCHEMES:
+        # the original silently keeps all-zero weights (the new window is discarded on the overlap)
+        raise ValueError(f"unknown overlapping_weight_scheme {scheme!r}; use one of {BLEND_SCHEMES}")
+    spf = int(sample_rate / fps)
+    n_video = num_video_frames(num_samples, sample_rate, fps)
+    if n_video < 1:
+        raise ValueError(f"audio of {num_samples} samples ({num_samples / sample_rate:.3f} s) is shorter than one "
+                         f"video frame ({spf} samples at {sample_rate} Hz / {fps} fps)")
+    n_latent = num_latent_frames(n_video, temporal)
+    fpw = num_latent_frames(clip_length, temporal)
+    windows = plan_windows(n_latent, fpw, overlap)
+    return VideoPlan(int(num_samples), n_video, n_latent, fpw, tuple(windows),
+                     num_decoded_frames(n_latent, temporal), sample_rate)
+
+
+def check_size(width: int, height: int, multiple: int = 16) -> None:
+    """Video sizes must be positive multiples of 16 (8x VAE downsampling, then 2x2 patches)."""
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise ValueError(f"width and height must be positive multiples of {multiple} (got {width}x{height}); "
+                         "512x512, 480x832 (portrait) or 832x480 (landscape) are what the released weights were "
+                         "trained on")
+
+
 def audio_slice(window: Window, num_audio_samples: int, clip_length: int,
                 samples_per_frame: int = 640, temporal: int = 4) -> tuple[int, int]:
     """Sample range `[start, end)` of the waveform fed to wav2vec for `window` (the authors' original rule).
@@ -143,7 +204,7 @@ def audio_slice(window: Window, num_audio_samples: int, clip_length: int,
 # overlap blending
 
 
-def blend_weights(overlap: int, scheme: str = "uniform", dtype: torch.dtype = torch.float32,
+def blend_weights(overlap: int, scheme: str = "uniform", dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> Tensor:
     """Weights `w` [1, 1, L, 1, 1] of the NEW window over the L overlapping latent frames.
 
@@ -153,8 +214,11 @@ def blend_weights(overlap: int, scheme: str = "uniform", dtype: torch.dtype = to
     inference, float32 in the goldens); each entry is rounded to it on its own, as the original
     assigns them one by one (L = 10 uniform in bf16: 0, 0.111328125, 0.22265625, …).
     """
+    import torch
+
     if overlap < 2:
         raise ValueError(f"overlap must be >= 2 (got {overlap}): the weights divide by overlap - 1")
+    dtype = torch.float32 if dtype is None else dtype
     if scheme == "uniform":
         values = [j / (overlap - 1) for j in range(overlap)]  # Python floats
     elif scheme == "log":

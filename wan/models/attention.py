@@ -21,3 +21,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def describe_backend(device: torch.device | str) -> str:
+    """One line for the log: what runs `attention()` on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "torch SDPA (kernel picked per shape by torch: cuDNN / flash / memory-efficient)"
+    return "torch SDPA (CPU)"
