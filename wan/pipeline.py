@@ -173,8 +173,8 @@ class StableAvatarPipeline:
                  seed: int | None = None, text_guide_scale: float | None = None,
                  audio_guide_scale: float | None = None, overlap_window_length: int | None = None,
                  overlapping_weight_scheme: str | None = None, clip_length: int | None = None,
-                 latents: Tensor | None = None, progress: bool = True,
-                 cache_audio_features: bool = True) -> GenerationOutput:
+                 latents: Tensor | None = None, progress: bool = True, cache_audio_features: bool = True,
+                 start_step: int = 0, on_step: Callable[[int, Tensor], None] | None = None) -> GenerationOutput:
         """reference_image: path or PIL image; audio: float32 mono waveform at 16 kHz [N].
         Returns the final latents; `decode_frames` / `write_video` turn them into frames / an mp4.
 
@@ -182,7 +182,9 @@ class StableAvatarPipeline:
         settings of the original's inference.sh — 512x512, 50 steps, seed 42, text/audio guidance 3.0/5.0,
         overlap 5, uniform blending, 81-frame windows).
         `latents` replaces the seeded noise ([1, 16, F, H/8, W/8], e.g. a golden's initial noise).
-        `cache_audio_features=False` re-runs wav2vec2 at every step like the original (same numbers, slower)."""
+        `cache_audio_features=False` re-runs wav2vec2 at every step like the original (same numbers, slower).
+        Resuming (`wan.resume`): `latents` = the latents after `start_step` steps continue from there (the loop keeps
+        no other state); `on_step(steps_done, latents)` is called after every step (main process only)."""
         from tqdm.auto import tqdm
 
         pc: PipelineConfig = self.spec.pipeline
@@ -224,6 +226,11 @@ class StableAvatarPipeline:
         seq_len = math.ceil((h * w) / (cfg.patch_size[1] * cfg.patch_size[2]) * fpw)
         neg = pc.negative_prompt if negative_prompt is None else negative_prompt
         image = load_reference_image(reference_image, width, height)
+        if not 0 <= start_step <= num_inference_steps or (start_step and latents is None):
+            raise ValueError(f"start_step {start_step} needs the latents after that many of the "
+                             f"{num_inference_steps} steps")
+        if start_step == num_inference_steps:  # a resumed render whose denoising had finished: nothing to run
+            return GenerationOutput(latents.float().cpu(), plan.num_decoded_frames, audio, width, height, timings)
 
         # 2. encode text, image, audio (each once)
         with self.stage("text_encoder"):
@@ -268,8 +275,8 @@ class StableAvatarPipeline:
         # 4. denoise: every window of a step reads the step's input `lat` (so `self.parallel` may compute them on
         # different processes); the overlap fusion runs on the results in window order and writes `out`
         t_loop = time.perf_counter()
-        bar = tqdm(total=num_inference_steps * len(windows), desc="denoising", unit="window",
-                   disable=not progress or not self.parallel.is_main)
+        bar = tqdm(total=num_inference_steps * len(windows), initial=start_step * len(windows), desc="denoising",
+                   unit="window", disable=not progress or not self.parallel.is_main)
 
         def denoise(k: int, z: Tensor) -> Tensor:  # window k's latents at step i -> after the Euler step
             win = windows[k]
@@ -282,7 +289,8 @@ class StableAvatarPipeline:
             return euler_step(v, sigmas[i], sigmas[i + 1], z)
 
         with self.stage("dit"):
-            for i, t in enumerate(timesteps):
+            for i in range(start_step, num_inference_steps):
+                t = timesteps[i]
                 out = torch.zeros_like(lat)
                 inputs = [lat[:, :, win.start:win.end] for win in windows]
                 for k, z in self.parallel.map(denoise, inputs):
@@ -296,9 +304,11 @@ class StableAvatarPipeline:
                     out[:, :, win.start:win.end] = z.to(torch.bfloat16)
                     bar.update(1)
                 lat = out
+                if on_step is not None and self.parallel.is_main:
+                    on_step(i + 1, lat)
         bar.close()
         timings["denoise_s"] = time.perf_counter() - t_loop
-        timings["per_step_s"] = timings["denoise_s"] / num_inference_steps
+        timings["per_step_s"] = timings["denoise_s"] / (num_inference_steps - start_step)
         return GenerationOutput(lat.float().cpu(), plan.num_decoded_frames, audio, width, height,
                                 timings)
 
