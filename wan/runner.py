@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,10 @@ def log_environment(device, dtype, args: argparse.Namespace) -> None:
              " (auto)" if args.dtype == "auto" else "", args.GPU_memory_mode, describe_backend(device))
     if device.type == "cpu" and torch.cuda.is_available():
         log.warning("running on the CPU although CUDA is available (--device cpu)")
+    elif device.type == "cpu" and (Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi")):
+        log.warning("an NVIDIA GPU seems present but this torch (%s) cannot use it (%s): running on the CPU. "
+                    "Install the CUDA build: TORCH_DEVICE=cuda FORCE_TORCH=1 bash setup.sh", torch.__version__,
+                    "a CPU-only build" if not torch.version.cuda else "driver/CUDA mismatch?")
     elif device.type == "cpu":
         log.info("no CUDA device: running on the CPU (fine for the tiny test models; the real model needs a GPU)")
 
