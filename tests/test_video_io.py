@@ -104,8 +104,10 @@ def test_layouts():
 def test_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="even"):
         Mp4Writer(tmp_path / "o.mp4", width=W + 1, height=H)
-    with pytest.raises(ValueError, match="mono"):
-        Mp4Writer(tmp_path / "o.mp4", width=W, height=H, audio=np.zeros((2, 100), np.float32))
+    with pytest.raises(ValueError, match="1 or 2 channels"):
+        Mp4Writer(tmp_path / "o.mp4", width=W, height=H, audio=np.zeros((3, 100), np.float32))
+    with pytest.raises(ValueError, match="AAC cannot carry 37800 Hz"):
+        Mp4Writer(tmp_path / "o.mp4", width=W, height=H, audio=np.zeros(100, np.float32), sample_rate=37800)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -121,3 +123,143 @@ def test_copy_video_stream_drops_audio_keeps_frames(tmp_path):
     assert b.num_frames == a.num_frames == 10 and b.video_codec == "h264"
     assert np.array_equal(read_video_frames(src), read_video_frames(dst))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the driving audio at its source rate and channels (what the original's README muxes with ffmpeg)
+
+
+def source_signal(seconds: float, sr: int, channels: int) -> np.ndarray:
+    """float32 [N, C]: per channel another chirp (no period: one lag matches) plus a tone at 0.2·sr / 0.25·sr
+    (above 8 kHz at 44.1 kHz: absent from a 16 kHz copy)."""
+    t = np.arange(int(seconds * sr)) / sr
+    chans = [0.3 * np.sin(2 * np.pi * (300 * t + 150 * t ** 2)) + 0.3 * np.sin(2 * np.pi * 0.2 * sr * t),
+             0.3 * np.sin(2 * np.pi * (500 * t + 400 * t ** 2) + 1) + 0.3 * np.sin(2 * np.pi * 0.25 * sr * t)]
+    return np.stack(chans[:channels], 1).astype(np.float32)
+
+
+def write_mp3(path, audio_nc: np.ndarray, sr: int) -> None:
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w", format="mp3") as c:
+        a = c.add_stream("libmp3lame", rate=sr, layout="stereo" if audio_nc.shape[1] == 2 else "mono")
+        a.bit_rate = 320_000
+        for s in range(0, len(audio_nc), 1152):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio_nc[s:s + 1152].T), format="fltp",
+                                               layout=a.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = sr, s, fractions.Fraction(1, sr)
+            for pkt in a.encode(frame):
+                c.mux(pkt)
+        for pkt in a.encode(None):
+            c.mux(pkt)
+
+
+def best_lag_corr(got: np.ndarray, ref: np.ndarray, max_lag: int = 1100) -> tuple[int, float]:
+    """The lag (samples `got` is late on `ref`, within ±max_lag: an AAC priming is 1024) that maximises the
+    correlation of two 1-D signals over their common middle part, and that correlation."""
+    n = min(len(got), len(ref)) - 2 * max_lag
+    r = ref[max_lag:max_lag + n]
+
+    def corr(k: int) -> float:
+        return float(np.corrcoef(got[max_lag + k:max_lag + k + n], r)[0, 1])
+
+    lag = max(range(-max_lag, max_lag + 1), key=lambda k: np.dot(got[max_lag + k:max_lag + k + n], r))
+    return lag, corr(lag)
+
+
+@pytest.mark.parametrize("kind,sr,channels", [("wav", 44100, 2), ("mp3", 44100, 2), ("wav", 16000, 1)])
+def test_source_audio_keeps_its_rate_channels_and_timing(tmp_path, kind, sr, channels):
+    import soundfile as sf
+
+    from wan.io.audio import load_audio, resample
+    from wan.io.video import source_audio_track
+
+    signal = source_signal(2.0, sr, channels)        # 2 s of audio, 1.6 s of video: trimmed to the video
+    src = tmp_path / f"in.{kind}"
+    if kind == "wav":
+        sf.write(src, signal, sr, subtype="PCM_16")
+    else:
+        write_mp3(src, signal, sr)
+    audio, rate = source_audio_track(src)
+    assert audio.dtype == np.int16 and audio.shape[0] == channels and rate == sr
+    frames = 40
+    path = tmp_path / "a.mp4"
+    with Mp4Writer(path, width=W, height=H, audio=audio, sample_rate=rate, preset="ultrafast") as w:
+        w.write(smooth_video(frames))
+    info = probe(path)
+    assert (info.audio_codec, info.audio_sample_rate, info.audio_channels) == ("aac", sr, channels)
+    if channels == 2:
+        assert info.audio_bit_rate > 160_000  # 192 kb/s asked
+    got, got_sr = read_audio(path, mono=False)
+    assert got_sr == sr and abs(got.shape[1] - frames * sr // FPS) <= 1024  # the video's length ± one AAC frame
+    for c in range(channels):
+        lag, corr = best_lag_corr(got[c], signal[:, c])
+        assert lag == 0 and corr > 0.99, (c, lag, corr)  # the source itself, starting at t = 0 with the video
+    # the 16 kHz model input, brought back to the source rate, fails that bar: the check can tell them apart
+    model_input = resample(load_audio(src), 16000, sr) if sr != 16000 else None
+    if model_input is not None:
+        assert best_lag_corr(model_input, signal[:, 0])[1] < 0.9
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_source_audio_resamples_rates_aac_lacks_and_downmixes_surround(tmp_path):
+    import fractions
+
+    import av
+
+    from wan.io.video import source_audio_track
+
+    src, sr = tmp_path / "odd.mka", 37800
+    tone = source_signal(0.5, sr, 1)[:, 0]
+    with av.open(str(src), "w", format="matroska") as c:
+        a = c.add_stream("pcm_s16le", rate=sr, layout="5.1")
+        pcm = np.repeat(np.round(tone * 32767).astype(np.int16)[:, None], 6, 1)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="5.1")
+        frame.sample_rate, frame.pts, frame.time_base = sr, 0, fractions.Fraction(1, sr)
+        for pkt in a.encode(frame):
+            c.mux(pkt)
+        for pkt in a.encode(None):
+            c.mux(pkt)
+    audio, rate = source_audio_track(src)
+    assert rate == 48000 and audio.shape[0] == 2
+    assert abs(audio.shape[1] - round(len(tone) * 48000 / sr)) <= 64
+    assert np.abs(audio).max() > 1000  # the downmix carries the tone
+
+
+def test_pipeline_write_video_muxes_the_source_audio(tmp_path):
+    """StableAvatarPipeline.write_video with source_audio= (44.1 kHz stereo) and without (16 kHz mono input)."""
+    import types
+
+    import soundfile as sf
+
+    from wan.pipeline import GenerationOutput, StableAvatarPipeline
+
+    frames, sr = 29, 44100
+    src = tmp_path / "drive.wav"
+    signal = source_signal(frames / FPS + 0.3, sr, 2)
+    sf.write(src, signal, sr, subtype="PCM_16")
+    video = smooth_video(frames)
+
+    def decode_frames(latents, chunk=4):
+        for i in range(0, frames, 8):
+            yield video[None, :, i:i + 8]
+
+    stub = types.SimpleNamespace(spec=types.SimpleNamespace(pipeline=types.SimpleNamespace(fps=FPS, sample_rate=SR)),
+                                 decode_frames=decode_frames)
+    result = GenerationOutput(latents=torch.zeros(1), num_frames=frames, audio=sine(frames / FPS + 0.3),
+                              width=W, height=H)
+    paths = StableAvatarPipeline.write_video(stub, result, tmp_path / "src", progress=False, source_audio=src)
+    info = probe(paths["video"])
+    assert (info.num_frames, info.audio_sample_rate, info.audio_channels) == (frames, sr, 2)
+    assert abs(info.audio_duration - frames / FPS) <= 1024 / sr
+    got, _ = read_audio(paths["video"], mono=False)
+    lag, corr = best_lag_corr(got[1], signal[:, 1])
+    assert lag == 0 and corr > 0.99, (lag, corr)
+    plain = probe(paths["video_without_audio"])
+    assert plain.num_frames == frames and not plain.has_audio
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["video.mp4", "video_without_audio.mp4"]
+    # no source file: the model's 16 kHz mono input, as before
+    info = probe(StableAvatarPipeline.write_video(stub, result, tmp_path / "in", progress=False)["video"])
+    assert (info.audio_sample_rate, info.audio_channels) == (SR, 1)

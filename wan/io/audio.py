@@ -10,6 +10,7 @@ audioread) and scaling by 1/32768 as librosa's `buf_to_float` does.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -79,12 +80,13 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
         return y.T, f.samplerate
 
 
-def decode_audio_s16(path: str | os.PathLike, sample_rate: int | None = None,
-                     open_error: str = "") -> tuple[np.ndarray, int]:
+def decode_audio_s16(path: str | os.PathLike, sample_rate: int | None = None, open_error: str = "",
+                     layout: str | None = None) -> tuple[np.ndarray, int]:
     """The first audio stream of a media file through PyAV as interleaved signed 16-bit PCM, like
-    `ffmpeg -i FILE -f s16le -`: -> (int16 [N, C], sample rate). sample_rate None keeps the native rate (the stream
-    must then keep one rate and channel count throughout); otherwise libswresample resamples to it, keeping the
-    channel layout. Every failure is a ValueError naming the file (open_error: extra context for the first one)."""
+    `ffmpeg -i FILE -f s16le -`: -> (int16 [N, C], sample rate). sample_rate None keeps the native rate, layout None
+    the native channels (the stream must then keep them throughout); otherwise libswresample converts to them
+    (layout: "mono", "stereo", ...: a downmix or upmix). Every failure is a ValueError naming the file (open_error:
+    extra context for the first one)."""
     import av
 
     path = Path(path)
@@ -97,20 +99,22 @@ def decode_audio_s16(path: str | os.PathLike, sample_rate: int | None = None,
             raise ValueError(f"{path}: no audio track (streams: {[s.type for s in container.streams] or 'none'}); "
                              "pass an audio file or a video with sound")
         stream = container.streams.audio[0]
-        if sample_rate is None:
+        native = sample_rate is None and layout is None
+        if native:
             resampler = av.AudioResampler(format="s16")
         else:
-            resampler = av.AudioResampler(format="s16", layout=stream.codec_context.layout.name, rate=sample_rate)
-        chunks, rate, channels = [], sample_rate, None
+            resampler = av.AudioResampler(format="s16", layout=layout or stream.codec_context.layout.name,
+                                          rate=sample_rate)
+        chunks, rate, channels, first = [], None, None, None
         try:
-            for frame in container.decode(stream):
-                channels = channels or len(frame.layout.channels)
-                if sample_rate is None:
-                    rate = rate or frame.sample_rate
-                    if frame.sample_rate != rate or len(frame.layout.channels) != channels:
+            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+                if native and frame is not None:
+                    first = first or (frame.sample_rate, len(frame.layout.channels))
+                    if (frame.sample_rate, len(frame.layout.channels)) != first:
                         raise ValueError(f"{path}: the audio stream changes its sample rate or channel count midway")
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+                for f in resampler.resample(frame):
+                    rate, channels = f.sample_rate, len(f.layout.channels)
+                    chunks.append(f.to_ndarray().reshape(-1))
         except av.error.FFmpegError as e:
             raise ValueError(f"{path}: cannot decode its audio stream ({e})") from e
     if channels is None or not chunks:

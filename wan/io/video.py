@@ -1,9 +1,12 @@
 """Streaming mp4 output (H.264 + the driving audio as AAC) over PyAV, plus small readers for tests.
 
 The original saves `video_without_audio.mp4` with `imageio.mimsave` (all frames in memory, no audio)
-and leaves the muxing to a manual ffmpeg call (spec pipeline.md §11). Here frames are encoded as
-they arrive, so memory does not grow with the video length, the audio is muxed in the same pass
-(trimmed to the video's duration), and the file appears at its path only once it is complete.
+and leaves the muxing to a manual ffmpeg call on the source audio (README: `ffmpeg -i
+video_without_audio.mp4 -i audio.wav -c:v copy -c:a aac -shortest out.mp4`; spec pipeline.md §11).
+Here frames are encoded as they arrive, so memory does not grow with the video length, the audio is
+muxed in the same pass (trimmed to the video's duration), and the file appears at its path only once
+it is complete. `source_audio_track` reads the driving file at its own rate and channels, so the mp4
+sounds like the source, not like the model's 16 kHz mono input.
 Pixels are quantised like the original's `save_videos_grid`: `(x·255).astype(uint8)`, truncation.
 """
 
@@ -18,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Mp4Writer", "to_uint8_frames", "VideoInfo", "probe", "read_video_frames", "read_audio"]
+__all__ = ["Mp4Writer", "to_uint8_frames", "source_audio_track", "copy_video_stream", "VideoInfo", "probe",
+           "read_video_frames", "read_audio"]
+
+# the rates ffmpeg's AAC encoder takes (its `supported_samplerates`)
+AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+AAC_BIT_RATE = {1: 128_000, 2: 192_000}  # per channel count: transparent for speech and music
+_LAYOUTS = {1: "mono", 2: "stereo"}
 
 
 def to_uint8_frames(frames, layout: str | None = None) -> np.ndarray:
@@ -70,16 +79,18 @@ def to_uint8_frames(frames, layout: str | None = None) -> np.ndarray:
 class Mp4Writer:
     """Write an H.264 mp4 frame batch by frame batch, with the driving audio muxed as AAC.
 
-        with Mp4Writer("out.mp4", width=512, height=512, audio=wave) as w:
+        with Mp4Writer("out.mp4", width=512, height=512, audio=wave, sample_rate=44100) as w:
             for frames in decoded_chunks:
                 w.write(frames)              # uint8 [T,H,W,3] or float [T,3,H,W] / [3,T,H,W] in [0,1]
 
     libx264, yuv420p (so width and height must be even), `crf` quality (18: visually near-lossless;
-    the original used imageio's defaults). `audio`: mono float32 samples at `sample_rate` (16 kHz,
-    as the pipeline reads it); it is encoded alongside the video and trimmed to the video's
-    duration (frames / fps), which is never longer than the audio in the pipeline. The file is
-    written to a temporary name in the same folder and renamed to `path` on a successful close;
-    on an exception (or `abort()`) the temporary file is removed and nothing appears at `path`.
+    the original used imageio's defaults). `audio`: samples at `sample_rate` (one of
+    `AAC_SAMPLE_RATES`), mono `[N]` or `[C, N]` with C = 1 or 2, float in [-1, 1] or int16
+    (`source_audio_track` gives the driving file so); AAC at 128 kb/s mono, 192 kb/s stereo, starting at
+    t = 0 with the video and trimmed to the video's duration (frames / fps), which is never longer than
+    the audio in the pipeline. The file is written to a temporary name in the same folder and renamed to
+    `path` on a successful close; on an exception (or `abort()`) the temporary file is removed and
+    nothing appears at `path`.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 25,
@@ -99,12 +110,9 @@ class Mp4Writer:
             raise ValueError(f"output folder {self.path.parent} does not exist; create it first")
         self.width, self.height, self.fps, self.sample_rate = int(width), int(height), int(fps), int(sample_rate)
         self.num_frames = 0
-        self._audio = None
-        if audio is not None:
-            a = audio.detach().cpu().float().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-            if a.ndim != 1:
-                raise ValueError(f"audio must be mono 1-D samples (got shape {a.shape}); average the channels first")
-            self._audio = np.ascontiguousarray(a, dtype=np.float32)
+        self._audio = None if audio is None else _channels_first(audio)
+        if self._audio is not None and self.sample_rate not in AAC_SAMPLE_RATES:
+            raise ValueError(f"AAC cannot carry {self.sample_rate} Hz audio; resample it to one of {AAC_SAMPLE_RATES}")
         self._audio_pos = 0  # samples handed to the encoder so far
         # a hidden temporary name in the same folder, so the final os.replace is atomic
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
@@ -116,7 +124,9 @@ class Mp4Writer:
             self._video.options = {"crf": str(crf), "preset": preset}
             self._astream = None
             if self._audio is not None:
-                self._astream = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
+                channels = self._audio.shape[0]
+                self._astream = self._container.add_stream("aac", rate=self.sample_rate, layout=_LAYOUTS[channels])
+                self._astream.bit_rate = AAC_BIT_RATE[channels]
         except BaseException:
             self._discard()
             raise
@@ -155,15 +165,20 @@ class Mp4Writer:
 
     def _audio_samples_for(self, num_frames: int) -> int:
         """Samples covering `num_frames` video frames (trim to the video duration)."""
-        return min(len(self._audio), num_frames * self.sample_rate // self.fps) if self._audio is not None else 0
+        return min(self._audio.shape[1], num_frames * self.sample_rate // self.fps) if self._audio is not None else 0
 
     def _encode_audio_until(self, end: int) -> None:
         if self._astream is None or end <= self._audio_pos:
             return
         import av
 
-        chunk = self._audio[self._audio_pos:end]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        chunk = self._audio[:, self._audio_pos:end]  # [C, n]
+        layout = _LAYOUTS[chunk.shape[0]]
+        if chunk.dtype == np.int16:  # packed (interleaved) s16: [1, n·C]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk.T).reshape(1, -1), format="s16",
+                                               layout=layout)
+        else:  # planar float: [C, n]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=layout)
         frame.sample_rate = self.sample_rate
         frame.pts = self._audio_pos
         frame.time_base = Fraction(1, self.sample_rate)
@@ -209,6 +224,30 @@ class Mp4Writer:
         self._tmp.unlink(missing_ok=True)
 
 
+def _channels_first(audio) -> np.ndarray:
+    """Writer audio as a `[C, N]` array (C = 1 or 2), int16 kept, anything else float32."""
+    a = audio.detach().cpu().float().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    a = a[None] if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[0] not in _LAYOUTS:
+        raise ValueError(f"audio must be mono [N] or [C, N] with 1 or 2 channels (got shape {a.shape}); "
+                         "source_audio_track downmixes other layouts to stereo")
+    return a if a.dtype == np.int16 else a.astype(np.float32, copy=False)
+
+
+def source_audio_track(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """The audio of a media file (wav/flac/mp3/m4a/..., or a video's audio track) as `Mp4Writer` carries it:
+    int16 `[C, N]` and its sample rate, at the file's own rate and channels, as ffmpeg decodes it (encoder
+    delays skipped, so sample 0 is t = 0). A rate AAC has not is resampled to 48 kHz; more than 2 channels
+    are downmixed to stereo. Failures are ValueErrors naming the file."""
+    from wan.io.audio import decode_audio_s16
+
+    pcm, rate = decode_audio_s16(path)  # [N, C]
+    if rate not in AAC_SAMPLE_RATES or pcm.shape[1] > 2:
+        pcm, rate = decode_audio_s16(path, sample_rate=rate if rate in AAC_SAMPLE_RATES else 48000,
+                                     layout="stereo" if pcm.shape[1] > 2 else None)
+    return pcm.T, rate
+
+
 def copy_video_stream(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write `dst` with the video stream of `src` only (packets copied, no re-encode), atomically."""
     import av
@@ -248,6 +287,8 @@ class VideoInfo:
     has_audio: bool
     audio_codec: str | None = None
     audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    audio_bit_rate: int | None = None
     audio_duration: float | None = None
 
 
@@ -261,9 +302,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         info = dict(num_frames=num_frames, fps=float(v.average_rate), width=v.codec_context.width,
                     height=v.codec_context.height, video_codec=v.codec_context.name,
                     duration=num_frames / float(v.average_rate), has_audio=bool(c.streams.audio))
+        if info["has_audio"]:
+            a = c.streams.audio[0]
+            info.update(audio_codec=a.codec_context.name, audio_bit_rate=a.bit_rate)
     if info["has_audio"]:
-        samples, sr, codec = _decode_audio(path)
-        info.update(audio_codec=codec, audio_sample_rate=sr, audio_duration=len(samples) / sr)
+        samples, sr = read_audio(path, mono=False)
+        info.update(audio_sample_rate=sr, audio_channels=samples.shape[0], audio_duration=samples.shape[1] / sr)
     return VideoInfo(**info)
 
 
@@ -275,25 +319,18 @@ def read_video_frames(path: str | os.PathLike) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """The first audio stream as mono float32 samples and its sample rate."""
-    samples, sr, _ = _decode_audio(path)
-    return samples, sr
-
-
-def _decode_audio(path) -> tuple[np.ndarray, int, str]:
+def read_audio(path: str | os.PathLike, mono: bool = True) -> tuple[np.ndarray, int]:
+    """The first audio stream as float32 samples, mono `[N]` (the channels' mean) or `[C, N]`, and its rate;
+    cut where the stream's duration says the real samples end."""
     import av
 
+    from wan.io.audio import decode_audio_s16
+
+    pcm, sr = decode_audio_s16(path)  # [N, C]
     with av.open(str(path)) as c:
-        if not c.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
         a = c.streams.audio[0]
-        chunks = [f.to_ndarray().astype(np.float32) for f in c.decode(a)]
-        sr = a.codec_context.sample_rate
-        codec = a.codec_context.name
         # the demuxer skips the AAC priming (edit list) but the decoder returns whole 1024-sample
         # frames: the stream duration says where the real samples end
         n = int(round(a.duration * a.time_base * sr)) if a.duration is not None else None
-    # planar [channels, n] or packed [1, n·channels]; the writer only produces mono
-    x = np.concatenate([ch.reshape(ch.shape[0], -1) for ch in chunks], axis=1) if chunks else np.zeros((1, 0), np.float32)
-    return x.mean(axis=0)[:n], sr, codec
+    x = pcm[:n].T.astype(np.float32) / 32768
+    return (x.mean(axis=0) if mono else x), sr
