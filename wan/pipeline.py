@@ -322,20 +322,26 @@ class StableAvatarPipeline:
                 yield (part.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     def write_video(self, result: GenerationOutput, output_dir: str | os.PathLike, name: str = "video.mp4",
-                    chunk: int = 4, progress: bool = True) -> dict[str, Path]:
+                    chunk: int = 4, progress: bool = True,
+                    source_audio: str | os.PathLike | None = None) -> dict[str, Path]:
         """Decode and write `<output_dir>/<name>` (H.264 + the driving audio as AAC, trimmed to the video) and
-        `video_without_audio.mp4` (the original's output name), both atomically, 25 fps."""
+        `video_without_audio.mp4` (the original's output name), both atomically, 25 fps.
+
+        source_audio: the driving audio file (or video); the mp4 then carries it at its own rate and channels,
+        as the original's README muxes it with ffmpeg. None: the 16 kHz mono model input `result.audio`."""
         from tqdm.auto import tqdm
 
-        from wan.io.video import Mp4Writer, copy_video_stream
+        from wan.io.video import Mp4Writer, copy_video_stream, source_audio_track
 
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         pc = self.spec.pipeline
         paths = {"video": out / name, "video_without_audio": out / "video_without_audio.mp4"}
+        audio, rate = (source_audio_track(source_audio) if source_audio is not None
+                       else (result.audio, pc.sample_rate))
         bar = tqdm(total=result.num_frames, desc="decoding", unit="frame", disable=not progress)
-        with Mp4Writer(paths["video"], result.width, result.height, fps=pc.fps, audio=result.audio,
-                       sample_rate=pc.sample_rate) as writer:
+        with Mp4Writer(paths["video"], result.width, result.height, fps=pc.fps, audio=audio,
+                       sample_rate=rate) as writer:
             for frames in self.decode_frames(result.latents, chunk=chunk):
                 writer.write(frames[0], layout="CTHW")
                 bar.update(frames.shape[2])

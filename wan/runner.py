@@ -381,7 +381,7 @@ def render(pipe, req: Request, audio, args: argparse.Namespace, *, progress: boo
     _remove_leftovers(out, [VIDEO_NAME, "video_without_audio.mp4", Path(VIDEO_NAME).stem + ".resume.pt"])
     log.info("decoding %d frames into %s", result.num_frames, req.video_path)
     t_dec = time.perf_counter()
-    paths = pipe.write_video(result, req.output_dir, progress=progress)
+    paths = pipe.write_video(result, req.output_dir, progress=progress, source_audio=req.audio)
     if state is not None:
         state.discard()  # the video exists: the latents are no longer needed
     result.timings.update(decode_write_s=time.perf_counter() - t_dec, render_s=time.perf_counter() - t0,
