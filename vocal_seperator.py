@@ -7,7 +7,9 @@ Computes what the original's audio-separator call computes (0.38.1, default MDX 
 the model's dim_t, overlap 0.25) with an own onnxruntime runner (wan/data/vocals.py says why and how). Output:
 16-bit PCM stereo 44.1 kHz WAV. Upstream ignores --saved_vocal_path and always writes <dir of audio>/vocal.wav;
 here that stays the default and --saved_vocal_path is honoured when given. Needs onnxruntime
-(pip install -e '.[audio]').
+(pip install -e '.[audio]') and Kim_Vocal_2.onnx, which the original README's download puts in checkpoints/ (it sits
+at the top of https://huggingface.co/FrancisRing/StableAvatar):
+    hf download FrancisRing/StableAvatar --include Kim_Vocal_2.onnx --local-dir checkpoints
 """
 
 import argparse
@@ -39,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--saved_vocal_path", type=str, default=None,
                    help="output wav (default: vocal.wav beside the input, as upstream)")
     p.add_argument("--audio_separator_model_file", type=str, required=True,
-                   help="MDX-Net .onnx, e.g. checkpoints/Kim_Vocal_2.onnx")
+                   help="MDX-Net .onnx, e.g. checkpoints/Kim_Vocal_2.onnx (from FrancisRing/StableAvatar on the "
+                        "Hugging Face Hub: hf download FrancisRing/StableAvatar --include Kim_Vocal_2.onnx "
+                        "--local-dir checkpoints)")
     p.add_argument("--n_fft", type=int, default=None, help="override the model's n_fft (unknown models)")
     p.add_argument("--compensate", type=float, default=None, help="override the model's compensation factor")
     return p.parse_args(argv)

@@ -89,8 +89,10 @@ class MDXSeparator:
         ort = _onnxruntime()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
-            raise FileNotFoundError(f"MDX model {self.model_path} does not exist (Kim_Vocal_2.onnx is released with "
-                                    "UVR's public models; put it under checkpoints/)")
+            from wan.checkpoints.fetch import report, vocal_model_piece
+
+            raise FileNotFoundError(f"MDX model {self.model_path} does not exist:\n"
+                                    f"{report([vocal_model_piece(self.model_path)])}")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1) (got {overlap})")
         opts = ort.SessionOptions()
