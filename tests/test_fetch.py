@@ -106,6 +106,19 @@ def test_paths_outside_the_released_layout_are_reported_not_fetched(tmp_path, hu
             f"{W2V}/config.json") in err
 
 
+def test_a_failed_download_says_what_is_missing(tmp_path, hub, monkeypatch, capsys):
+    put(tmp_path, NEEDED - {f"{WAN}/Wan2.1_VAE.pth"})
+
+    def broken(repo, files, local_dir):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(fetch, "download", broken)
+    assert fetch.main(flags(tmp_path / WAN, None, tmp_path / W2V)) == 2
+    err = capsys.readouterr().err
+    assert "failed (OSError: connection reset)" in err
+    assert f"--include {WAN}/Wan2.1_VAE.pth --local-dir {tmp_path}" in err
+
+
 def offline_report(tmp_path, argv, monkeypatch, capsys) -> str:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert fetch.main(argv) == 2

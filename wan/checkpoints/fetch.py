@@ -167,9 +167,12 @@ def report(missing: list[Piece], repo: str = REPO_ID) -> str:
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set (huggingface_hub's truthy values), or the Hub's host (HF_ENDPOINT) not reachable."""
+    """HF_HUB_OFFLINE set (huggingface_hub's truthy values), or the Hub's host (HF_ENDPOINT) not reachable
+    (behind a proxy huggingface_hub is left to try)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         return True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=3.0):
@@ -219,7 +222,12 @@ def main(argv: list[str]) -> int:
                   "commands on a machine with network access and copy the files here):\n" + report(missing),
                   file=sys.stderr)
             return 2
-        fetch(missing)
+        try:
+            fetch(missing)
+        except Exception as e:  # noqa: BLE001 - any Hub/network failure: say what is missing and how to get it
+            print(f"error: downloading from the Hugging Face Hub failed ({type(e).__name__}: {e}); what is "
+                  f"missing:\n{report([p for p in missing if not p.present()])}", file=sys.stderr)
+            return 2
         missing = [p for p in missing if not p.present()]
         if not missing:
             return 0
