@@ -208,17 +208,18 @@ def check_request(req: Request):
 
 
 def check_weights(args: argparse.Namespace) -> None:
-    """Every weight file the run will read is there (named, with where to get it) before anything loads."""
-    from wan.checkpoints.layout import missing_weights
+    """Every weight file the run will read is there (`wan.checkpoints.fetch.pieces`: the loaders' own file names),
+    else one error naming each missing file, its source and the command that gets it — before anything loads."""
+    from wan.checkpoints.fetch import pieces, report
 
-    missing = missing_weights(args.pretrained_model_name_or_path, args.transformer_path,
-                              args.pretrained_wav2vec_path)
+    missing = [p for p in pieces(args.pretrained_model_name_or_path, args.transformer_path,
+                                 args.pretrained_wav2vec_path) if not p.present()]
+    problems = [] if not missing else [f"weight files missing:\n{report(missing)}"]
     if args.lora_path and not Path(args.lora_path).is_file():
-        missing.append(f"--lora_path {args.lora_path}")
-    if missing:
-        raise ValueError("weight files missing:\n  " + "\n  ".join(missing) +
-                         "\n(layout and downloads: checkpoints/README.md; `bash inference.sh` fetches the released "
-                         "weights)")
+        problems.append(f"--lora_path {args.lora_path} does not exist (a lora-checkpoint-<step>.pt of a "
+                        "--train_lora run)")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def resolve_device(args: argparse.Namespace):

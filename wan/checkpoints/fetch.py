@@ -32,6 +32,7 @@ WAN = "Wan2.1-Fun-V1.1-1.3B-InP"
 ADAPTER = "StableAvatar-1.3B"
 ADAPTER_FILES = ("transformer3d-square.pt", "transformer3d-rec-vec.pt")
 WAV2VEC = "wav2vec2-base-960h"
+WAV2VEC_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what transformers' from_pretrained looks for
 VOCAL_MODEL = "Kim_Vocal_2.onnx"  # at the top of the repo; vocal_seperator.py only
 DEFAULTS = {  # inference.sh's paths: the released layout under checkpoints/
     "pretrained_model_name_or_path": f"checkpoints/{WAN}",
@@ -83,7 +84,6 @@ def pieces(wan_dir: str | os.PathLike, transformer_path: str | os.PathLike | Non
     """What `StableAvatarPipeline.from_checkpoints` reads for these flags (the loaders' own file names)."""
     from wan.checkpoints.clip import CLIP_CHECKPOINT
     from wan.checkpoints.dit import BASE_WEIGHT_NAMES
-    from wan.checkpoints.layout import WAV2VEC_WEIGHTS
     from wan.checkpoints.t5 import T5_CHECKPOINT, T5_TOKENIZER_DIR
     from wan.checkpoints.vae import VAE_FILE
 
@@ -97,6 +97,9 @@ def pieces(wan_dir: str | os.PathLike, transformer_path: str | os.PathLike | Non
               ("diffusion_pytorch_model*.safetensors",)),
         Piece("the umT5 text encoder", flag, wan, (T5_CHECKPOINT,), WAN),
         Piece("the umT5 tokenizer", flag, wan, (f"{tok}/tokenizer.json", f"{tok}/spiece.model"), WAN, (f"{tok}/*",)),
+        # its pad token (`<pad>`) is defined by either of these (tests/test_fetch.py found the gap)
+        Piece("the umT5 tokenizer's special tokens", flag, wan,
+              (f"{tok}/tokenizer_config.json", f"{tok}/special_tokens_map.json"), WAN, (f"{tok}/*",)),
         Piece("the CLIP image encoder", flag, wan, (CLIP_CHECKPOINT,), WAN),
         Piece("the Wan VAE", flag, wan, (VAE_FILE,), WAN),
     ]
