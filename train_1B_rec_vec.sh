@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Mixed-resolution training (832x480 and 480x832 batches interleaved), one node (the original's
 # train_1B_rec_vec.sh), fine-tuning the released square model as the README advises.
-#   DATA=talking_face_data NUM_GPUS=4 bash train_1B_rec_vec.sh [extra flags]
+#   bash train_1B_rec_vec.sh [extra flags]
+#   env: DATA (talking_face_data), CKPT (checkpoints), NUM_GPUS, NUM_WORKERS (default: from this machine)
+# The hyper-parameters are TrainConfig's defaults (= the original's .sh values; docs/training.md has the table).
 # LoRA (the original's train_1B_rec_vec_lora.sh): add --train_lora (rank 128, alpha 64 by default).
 # DeepSpeed ZeRO-2: add --use_deepspeed --deepspeed_config=deepspeed_config/zero_stage2_config.json
-# Shared flags and hyper-parameters: scripts/train_launch.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA=${DATA:-talking_face_data}

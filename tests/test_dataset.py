@@ -3,64 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from PIL import Image
 
-FPS = 25
-
-
-def make_clip(folder: Path, num_frames: int, width: int, height: int, seed: int, fps: int = FPS,
-              masks: bool = True) -> Path:
-    """One clip folder in the original layout: a moving bright square, a lip mask inside a face mask,
-    a tone whose pitch follows the square, sub_clip.mp4 at `fps` (read only for its rate)."""
-    from wan.io.video import Mp4Writer
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for sub in ("images", "face_masks", "lip_masks"):
-        (folder / sub).mkdir(exist_ok=True)
-    bg = rng.integers(40, 200, size=3)
-    frames = []
-    for i in range(num_frames):
-        img = np.zeros((height, width, 3), np.uint8) + bg.astype(np.uint8)
-        x = (i * 2) % max(1, width - height // 3)
-        s = height // 3
-        img[s:2 * s, x:x + s] = (250, 230, 200)
-        frames.append(img)
-        Image.fromarray(img).save(folder / "images" / f"frame_{i}.png")
-        if masks:
-            face = np.zeros((height, width), np.uint8)
-            face[s:2 * s, x:x + s] = 255
-            lip = np.zeros((height, width), np.uint8)
-            lip[s + s // 2:2 * s, x + s // 4:x + s - s // 4] = 255
-            Image.fromarray(face).save(folder / "face_masks" / f"frame_{i}.png")
-            Image.fromarray(lip).save(folder / "lip_masks" / f"frame_{i}.png")
-    n = int(num_frames / fps * 16000)
-    t = np.arange(n) / 16000
-    sf.write(folder / "audio.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t)).astype(np.float32), 16000)
-    with Mp4Writer(folder / "sub_clip.mp4", width, height, fps=fps) as w:
-        w.write(np.stack(frames))
-    return folder
-
-
-def make_dataset(root: Path, buckets: dict[str, tuple[int, int]], clips_per_bucket: int = 2,
-                 num_frames: int = 24) -> dict[str, Path]:
-    """`root/<bucket>/{speech,singing}/0000k/` clips and `root/video_<bucket>_path.txt` lists (absolute paths)."""
-    lists = {}
-    for b, (w, h) in buckets.items():
-        lines = []
-        for k in range(clips_per_bucket):
-            kind = ("speech", "singing", "dancing")[k % 3]
-            clip = make_clip(root / b / kind / f"{k + 1:05d}", num_frames, w, h, seed=k)
-            lines.append(str(clip))
-        lists[b] = root / f"video_{b}_path.txt"
-        lists[b].write_text("\n".join(lines) + "\n")
-    return lists
+from wan.testing.tiny_dataset import make_clip, make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_dataset import make_dataset
+from wan.testing.tiny_dataset import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "examples" / "case-2" / "audio.wav"
@@ -76,7 +76,8 @@ def args_for(tree, data, out, *extra, script="square"):
             f"--video_sample_n_frames={FRAMES}", "--model_spec=tiny", "--mixed_precision=no", "--report_to=none",
             f"--output_dir={out}", "--uniform_sampling", "--motion_sub_loss", "--gradient_checkpointing",
             "--lr_scheduler=constant", "--learning_rate=1e-3", "--adam_weight_decay=3e-2", "--adam_epsilon=1e-10",
-            "--max_grad_norm=0.05", "--seed=42", "--validation_steps=1000", *extra]
+            "--max_grad_norm=0.05", "--seed=42", "--validation_steps=1000", "--dataloader_num_workers=0",
+            "--no_progress", *extra]
 
 
 def drive(script, argv, env_extra=None, timeout=300):
@@ -417,3 +418,150 @@ def test_bench_step_runs_tiny_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["zero"] == 2 and res["vae"] and res["step_s"] > 0 and all(np.isfinite(res["losses"]))
+
+
+# ------------------------------------------------------------------------------------------------- command line
+
+# the original's train_1B_square.sh command line (spec scripts.md §8, training.md §13), paths aside
+ORIGINAL_SQUARE_SH = [
+    "--config_path=deepspeed_config/wan2.1/wan_civitai.yaml", "--video_sample_n_frames=81", "--train_batch_size=1",
+    "--video_repeat=1", "--gradient_accumulation_steps=1", "--dataloader_num_workers=4", "--num_train_epochs=1000",
+    "--checkpointing_steps=2000", "--validation_steps=500", "--learning_rate=2e-05",
+    "--lr_scheduler=constant_with_warmup", "--lr_warmup_steps=100", "--seed=42", "--gradient_checkpointing",
+    "--mixed_precision=bf16", "--adam_weight_decay=3e-2", "--adam_epsilon=1e-10", "--vae_mini_batch=1",
+    "--max_grad_norm=0.05", "--uniform_sampling", "--motion_sub_loss", "--low_vram", "--train_mode=i2v",
+]
+PATHS = ["--pretrained_model_name_or_path=w", "--pretrained_wav2vec_path=a", "--train_data_square_dir=l",
+         "--output_dir=o"]
+
+
+def test_flags_are_built_from_trainconfig_and_show_their_defaults():
+    import dataclasses
+
+    import train_1B_square
+
+    from wan.training.cli import COMPAT_FLAGS, COMPAT_GROUP, build_parser, config_from_args
+    from wan.training.config import TrainConfig
+
+    p = build_parser("", train_1B_square.BUCKETS)
+    actions = {a.option_strings[0]: a for a in p._actions}
+    help_text = " ".join(p.format_help().split())
+    for f in TrainConfig.flag_fields():
+        a = actions[f"--{f.name}"]
+        assert a.help and a.dest == f.name, f.name
+        if f.default is dataclasses.MISSING:
+            assert a.required, f.name
+        else:
+            assert a.default == f.default, (f.name, a.default, f.default)
+            if f.default is None:  # explained in words instead of "(default: None)"
+                assert "none" in a.help.lower() or "default" in a.help, f.name
+            else:
+                assert f"(default: {f.default})" in p._get_formatter()._expand_help(a), f.name
+    assert "(default: 2e-05)" in help_text and "(default: 0.05)" in help_text and "(default: True)" in help_text
+    # one group for the flags that do nothing, and nothing else in it
+    compat = next(g for g in p._action_groups if g.title == COMPAT_GROUP)
+    assert {a.option_strings[0] for a in compat._group_actions} == set(COMPAT_FLAGS)
+    # paths only: TrainConfig's defaults; switches can be turned off
+    cfg = config_from_args(p.parse_args(PATHS), train_1B_square.BUCKETS)
+    assert cfg == TrainConfig(pretrained_model_name_or_path="w", pretrained_wav2vec_path="a", output_dir="o",
+                              train_lists=("l",), validation_size=(512, 512))
+    off = p.parse_args(PATHS + ["--no_gradient_checkpointing", "--no_motion_sub_loss", "--no_progress"])
+    assert not (off.gradient_checkpointing or off.motion_sub_loss or off.progress)
+
+
+def test_original_command_line_means_the_defaults():
+    """The original's .sh flags parse, and give exactly TrainConfig's defaults (= what our .sh leaves out)."""
+    import train_1B_square
+
+    from wan.training.cli import build_parser, config_from_args
+
+    parse = build_parser("", train_1B_square.BUCKETS).parse_args
+    original = config_from_args(parse(PATHS + ORIGINAL_SQUARE_SH), train_1B_square.BUCKETS)
+    ours = config_from_args(parse(PATHS + ["--dataloader_num_workers=4"]), train_1B_square.BUCKETS)
+    assert original == ours
+
+
+def test_docs_table_lists_every_flag_with_its_default():
+    """docs/training.md's defaults table agrees with TrainConfig (one source; the table is checked, not trusted)."""
+    import dataclasses
+    import re
+
+    from wan.training.config import TrainConfig
+
+    rows = {}
+    for line in (ROOT / "docs" / "training.md").read_text().splitlines():
+        m = re.match(r"\| `--(\w+)` \| ([^|]+) \|", line)
+        if m:
+            rows[m.group(1)] = m.group(2).strip().strip("`")
+    for f in TrainConfig.flag_fields():
+        assert f.name in rows, f"docs/training.md: no row for --{f.name}"
+        cell, d = rows[f.name], f.default
+        if d is dataclasses.MISSING:
+            assert cell.startswith("required"), (f.name, cell)
+        elif d is None:
+            assert cell.split()[0] in ("none", "auto"), (f.name, cell)
+        elif isinstance(d, bool):
+            assert cell == ("on" if d else "off"), (f.name, cell)
+        elif isinstance(d, (int, float)):
+            assert float(cell) == d, (f.name, cell)
+        else:
+            assert cell == d, (f.name, cell)
+
+
+def test_auto_worker_count(monkeypatch):
+    from wan.training import trainer
+
+    for cpus, procs, want in [(2, 1, 1), (1, 1, 0), (16, 4, 3), (128, 8, 4), (8, 8, 0)]:
+        monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert trainer.default_num_workers(procs) == want, (cpus, procs)
+
+
+def test_failed_validation_and_missing_tracker_warn_and_training_goes_on(tree, data, tmp_path, one_thread, caplog,
+                                                                         capsys, monkeypatch):
+    import importlib.util
+    import logging
+
+    broken = tmp_path / "reference.png"
+    broken.write_bytes(b"not an image")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    out = tmp_path / "run"
+    tr = in_process_trainer(args_for(tree, data, out, "--max_train_steps=2", "--validation_steps=1",
+                                     f"--validation_reference_path={broken}", f"--validation_driven_audio_path={SPEECH}",
+                                     "--validation_sample_steps=1", "--report_to=tensorboard", "--progress"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="wan.training.trainer"):
+            history = tr.train()
+    finally:
+        reset_accelerate()
+    assert len(history) == 2 and (out / "checkpoint-2").is_dir()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    failed = [w for w in warnings if "validation at step" in w]
+    assert len(failed) == 2 and "training goes on" in failed[0] and "reference.png" in failed[0], warnings
+    assert any("pip install tensorboard" in w for w in warnings), warnings
+    assert not (out / "sample").exists() or not list((out / "sample").glob("*.mp4"))
+    err = capsys.readouterr().err
+    assert "training" in err and "2/2" in err and "loss=" in err and "lr=" in err, err[-2000:]
+
+    with pytest.raises(ValueError, match="validation_reference_path"):
+        in_process_trainer(args_for(tree, data, out, f"--validation_reference_path={tmp_path / 'nope.png'}",
+                                    f"--validation_driven_audio_path={SPEECH}")).setup()
+
+
+def test_shell_script_smoke_run_on_cpu(tree, data, tmp_path):
+    """The README's CPU smoke run through train_1B_square.sh: one process without a GPU, NUM_WORKERS honoured."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # no driver, whatever this machine has
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+               CKPT=str(tree), DATA=str(Path(data["square"]).parent), NUM_WORKERS="0")
+    env.pop("NUM_GPUS", None)
+    out = tmp_path / "run"
+    r = subprocess.run(["bash", str(ROOT / "train_1B_square.sh"), "--model_spec=tiny", "--bucket_sizes", "32x32",
+                        f"--video_sample_n_frames={FRAMES}", "--mixed_precision=no", "--max_train_steps=2",
+                        f"--output_dir={out}", "--report_to=none"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no CUDA GPU" in r.stderr and "1 process" in r.stderr and "0 DataLoader workers" in r.stderr, r.stderr[-3000:]
+    assert (out / "checkpoint-2" / "transformer3d-checkpoint-2.pt").is_file()

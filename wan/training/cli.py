@@ -1,14 +1,35 @@
-"""The command line of `train_1B_square.py` / `train_1B_rec_vec.py`: the original's flags that change a run,
-plus a few of our own (marked "ours"). Flags the original parses but never reads are accepted where its .sh
-files pass them, and do nothing (marked "(no effect)")."""
+"""The command line of `train_1B_square.py` / `train_1B_rec_vec.py`, built from `TrainConfig`'s fields (name, type,
+default, help: one definition), plus the script's bucket flags. The original's flag names are kept, so its
+command lines parse; the flags it parses but never reads are accepted in one group and do nothing."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 
 from wan.data.buckets import Bucket
 
-__all__ = ["build_parser", "run", "config_from_args", "parse_size"]
+__all__ = ["build_parser", "run", "config_from_args", "parse_size", "COMPAT_GROUP"]
+
+COMPAT_GROUP = "accepted for compatibility with the original's command lines (no effect)"
+# the flags the original's .sh files pass that change nothing here (its --low_vram only moves models between CPU
+# and GPU; --config_path's yaml holds constants we hard-code), and --local_rank (older launchers pass it)
+COMPAT_FLAGS: dict[str, dict] = {
+    "--config_path": {}, "--vae_mini_batch": {"type": int}, "--video_repeat": {"type": int},
+    "--low_vram": {"action": "store_true"}, "--train_mode": {"help": "no effect ('normal' is refused: the original "
+                                                                     "crashes on it)"},
+    "--local_rank": {"type": int},
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every default shown as "(default: X)"; a None default is explained in the flag's own help instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -19,73 +40,46 @@ def parse_size(s: str) -> tuple[int, int]:
     return w, h
 
 
+def _add_field(group, f: dataclasses.Field, hint) -> None:
+    """`--<name>` from one TrainConfig field; a bool that defaults to True also gets `--no_<name>`."""
+    types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    kind = types[0]
+    flag, help = f"--{f.name}", f.metadata["help"]
+    if f.default is dataclasses.MISSING:
+        group.add_argument(flag, required=True, type=kind, help=help)
+    elif kind is bool:
+        group.add_argument(flag, action="store_true", default=f.default, help=help)
+        if f.default:
+            group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                               help=f"turn {flag} off")
+    else:
+        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
+
+
 def build_parser(description: str, buckets: tuple[Bucket, ...]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    # models and data
-    a("--pretrained_model_name_or_path", required=True, help="the Wan2.1-Fun-V1.1-1.3B-InP folder")
-    a("--pretrained_wav2vec_path", required=True, help="the wav2vec2-base-960h folder")
-    a("--transformer_path", default=None, help="fine-tune from this DiT state dict (e.g. a released "
-      "transformer3d-square.pt); default: the Wan-Fun weights with a fresh audio adapter")
+    from wan.training.config import GROUPS, TrainConfig
+
+    usage = ("%(prog)s --pretrained_model_name_or_path DIR --pretrained_wav2vec_path DIR "
+             + " ".join(f"--train_data_{b.name}_dir LIST" for b in buckets) + " --output_dir DIR [options]")
+    p = argparse.ArgumentParser(description=description, usage=usage, formatter_class=_HelpFormatter)
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in TrainConfig.flag_fields():
+        _add_field(groups[f.metadata["group"]], f, hints[f.name])
+
+    g = groups[GROUPS[0]]
     for b in buckets:
-        a(f"--train_data_{b.name}_dir", required=True, help=f"the {b.list_file} list ({b.width}x{b.height} clips)")
-    a("--bucket_sizes", nargs="+", type=parse_size, default=None,
-      help="(ours) WIDTHxHEIGHT per bucket, default " + " ".join(f"{b.width}x{b.height}" for b in buckets))
-    a("--video_sample_n_frames", type=int, default=81)
-    a("--train_batch_size", type=int, default=1, help="must be 1 (as in the original)")
-    a("--dataloader_num_workers", type=int, default=0)
-    a("--tokenizer_max_length", type=int, default=226)
-    a("--model_spec", default="stableavatar-1.3b", help="(ours) T5/CLIP/VAE sizes; 'tiny' for test trees")
-    # optimisation
-    a("--learning_rate", type=float, default=1e-4)
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_weight_decay", type=float, default=1e-2)
-    a("--adam_epsilon", type=float, default=1e-8)
-    a("--lr_scheduler", default="constant", help="a diffusers scheduler name; the .sh: constant_with_warmup")
-    a("--lr_warmup_steps", type=int, default=500)
-    a("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    a("--num_train_epochs", type=int, default=100)
-    a("--gradient_accumulation_steps", type=int, default=1)
-    a("--gradient_checkpointing", action="store_true")
-    a("--max_grad_norm", type=float, default=1.0)
-    a("--initial_grad_norm_ratio", type=float, default=5.0)
-    a("--abnormal_norm_clip_start", type=int, default=1000)
-    a("--mixed_precision", default="bf16", choices=["bf16", "no"])
-    a("--param_dtype", default="bf16", choices=["bf16", "fp32"], help="(ours) bf16 = the original's pure-bf16 "
-      "weights and AdamW states; fp32 = fp32 weights under bf16 autocast")
-    a("--seed", type=int, default=42)
-    a("--deepspeed_config", default=None, help="(ours) a deepspeed_config/*.json: DeepSpeed ZeRO through accelerate")
-    a("--use_deepspeed", action="store_true", help="needs --deepspeed_config")
-    # loss
-    a("--uniform_sampling", action="store_true")
-    a("--train_sampling_steps", type=int, default=1000)
-    a("--weighting_scheme", default="none", choices=["sigma_sqrt", "logit_normal", "mode", "cosmap", "none"])
-    a("--logit_mean", type=float, default=0.0)
-    a("--logit_std", type=float, default=1.0)
-    a("--mode_scale", type=float, default=1.29)
-    a("--motion_sub_loss", action="store_true")
-    a("--motion_sub_loss_ratio", type=float, default=0.25)
-    # LoRA
-    a("--train_lora", action="store_true", help="(ours; the original has a separate _lora script) LoRA on the DiT "
-      "Linears + the full audio adapter")
-    a("--rank", type=int, default=128)
-    a("--network_alpha", type=float, default=64.0)
-    # checkpoints, validation, logging
-    a("--output_dir", default="sd-model-finetuned")
-    a("--checkpointing_steps", type=int, default=500)
-    a("--checkpoints_total_limit", type=int, default=None)
-    a("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
-    a("--validation_steps", type=int, default=2000)
-    a("--validation_reference_path", default=None)
-    a("--validation_driven_audio_path", default=None)
-    a("--validation_sample_steps", type=int, default=50, help="(ours) denoising steps of the validation clip")
-    a("--report_to", default="tensorboard", help="tensorboard, wandb, ... or none")
-    a("--logging_dir", default="logs")
-    # accepted for the original's command lines; they change nothing here
-    for flag, kw in [("--config_path", {}), ("--vae_mini_batch", {"type": int}), ("--video_repeat", {"type": int}),
-                     ("--low_vram", {"action": "store_true"}), ("--train_mode", {}), ("--allow_tf32", {"action": "store_true"})]:
-        a(flag, help="(no effect; accepted for compatibility with the original)", **kw)
+        g.add_argument(f"--train_data_{b.name}_dir", required=True,
+                       help=f"the {b.list_file} list of clip folders ({b.width}x{b.height} clips)")
+    g.add_argument("--bucket_sizes", nargs="+", type=parse_size, default=None,
+                   help="(ours) WIDTHxHEIGHT per bucket; none given: " + " ".join(f"{b.width}x{b.height}" for b in buckets))
+    groups["optimisation"].add_argument("--use_deepspeed", action="store_true",
+                                        help="the original's DeepSpeed switch; here DeepSpeed runs when "
+                                             "--deepspeed_config is given, which this flag requires")
+
+    g = p.add_argument_group(COMPAT_GROUP)
+    for flag, kw in COMPAT_FLAGS.items():
+        g.add_argument(flag, **{"help": "no effect", **kw})
     return p
 
 
@@ -113,5 +107,4 @@ def config_from_args(args: argparse.Namespace, buckets: tuple[Bucket, ...]):
         buckets=tuple(sizes), bucket_names=tuple(b.name for b in buckets),
         validation_size=tuple(sizes[-1]),  # the original validates rec_vec at 480x832 (portrait), square at 512x512
         report_to=None if args.report_to in (None, "none") else args.report_to,
-        max_train_steps=args.max_train_steps,
     )

@@ -14,7 +14,8 @@ Per optimizer step, as the original:
    the per-rank noise generator, `transformer3d-checkpoint-<step>.pt` (the full DiT state dict with the
    original key names, what `inference.py --transformer_path` loads) and, for LoRA,
    `lora-checkpoint-<step>.pt`; written to a temporary folder and renamed (atomic);
-7. every `validation_steps`: one generated window with its audio, `sample/sample-<step>.mp4`.
+7. every `validation_steps`: one generated window with its audio, `sample/sample-<step>.mp4` (a failed sample
+   is one warning; training goes on).
 
 A resumed run (`resume_from_checkpoint`) restores all of that plus the position in the epoch plan, so it
 continues exactly as the uninterrupted run would have (tested on CPU). Multi-GPU: `accelerate launch`
@@ -23,6 +24,8 @@ continues exactly as the uninterrupted run would have (tested on CPU). Multi-GPU
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -54,6 +57,17 @@ __all__ = ["Trainer", "Conditioning", "diffusion_loss", "deepspeed_plugin", "tra
 TRAINED_KEYWORDS = ("vocal_projector", "audio_projector", "vocal", "audio", "attn", "blocks")
 LORA_TRAINED_KEYWORDS = ("vocal", "audio")  # + the LoRA layers
 CHECKPOINT_PREFIX = "checkpoint-"
+MAX_AUTO_WORKERS = 4  # the original's .sh value: enough to keep a GPU fed, and each worker holds ~2 clips in memory
+# --report_to value -> the package accelerate needs for it
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
+                    "clearml": "clearml", "aim": "aim", "dvclive": "dvclive"}
+
+
+def default_num_workers(processes_per_node: int) -> int:
+    """DataLoader workers per process when --dataloader_num_workers is not given: this process's share of the CPUs
+    minus one (the process itself), at most MAX_AUTO_WORKERS."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_AUTO_WORKERS, cpus // max(1, processes_per_node) - 1))
 
 
 def trainable_parameter_names(dit: nn.Module, lora: bool = False) -> list[str]:
@@ -190,12 +204,12 @@ class Trainer:
             kw["deepspeed_plugin"] = deepspeed_plugin(cfg)
         project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir))
         report_to = cfg.report_to
-        if report_to == "tensorboard":
-            try:
-                import tensorboard  # noqa: F401
-            except ImportError:
-                log.warning("tensorboard is not installed: losses are only logged to the console")
-                report_to = None
+        package = TRACKER_PACKAGES.get(report_to)
+        if package and importlib.util.find_spec(package) is None:
+            log.warning("--report_to %s: %s is not installed, so the losses go to the console only; install it with "
+                        "`pip install %s`%s (or pass --report_to none)", report_to, package, package,
+                        " or `pip install -e '.[train]'`" if package == "tensorboard" else "")
+            report_to = None
         return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                            mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project, **kw)
 
@@ -204,11 +218,20 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for flag in ("validation_reference_path", "validation_driven_audio_path"):
+            path = getattr(cfg, flag)
+            if path and not Path(path).is_file():  # found now, not after hours of training
+                raise ValueError(f"--{flag} {path} is not a file")
+        if bool(cfg.validation_reference_path) != bool(cfg.validation_driven_audio_path):
+            log.warning("validation needs both --validation_reference_path and --validation_driven_audio_path: "
+                        "no validation clips")
         acc = self.accelerator = self._accelerator()
         self.device = acc.device
         self.weight_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         self.param_dtype = torch.bfloat16 if (cfg.param_dtype == "bf16" and cfg.mixed_precision == "bf16") else torch.float32
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if cfg.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
         from accelerate.utils import set_seed
@@ -296,9 +319,15 @@ class Trainer:
         self.dataset = MultiBucketDataset([
             TalkingVideoDataset(path, w, h, n_sample_frames=cfg.video_sample_n_frames)
             for path, (w, h) in zip(cfg.train_lists, cfg.buckets)])
-        self.micro_per_epoch = PlanSampler.steps_per_epoch(self.dataset.lengths, self.accelerator.num_processes)
+        acc = self.accelerator
+        self.micro_per_epoch = PlanSampler.steps_per_epoch(self.dataset.lengths, acc.num_processes)
         if self.micro_per_epoch == 0:
-            raise ValueError(f"{sum(self.dataset.lengths)} clips cannot feed {self.accelerator.num_processes} processes")
+            raise ValueError(f"{sum(self.dataset.lengths)} clips cannot feed {acc.num_processes} processes")
+        self.num_workers = cfg.dataloader_num_workers
+        if self.num_workers is None:
+            self.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
+        log.info("data: %s clips in buckets %s; %d DataLoader workers per process", self.dataset.lengths,
+                 dict(zip(cfg.bucket_names, cfg.buckets)), self.num_workers)
 
     def _loader(self, epoch: int, start: int):
         from wan.data.buckets import PlanSampler
@@ -310,7 +339,7 @@ class Trainer:
         # resumed run (new iterator mid-epoch) and an uninterrupted one (no new iterator) would not share
         g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
         return torch.utils.data.DataLoader(self.dataset, batch_size=1, sampler=sampler, collate_fn=collate, generator=g,
-                                           num_workers=self.cfg.dataloader_num_workers,
+                                           num_workers=self.num_workers,
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
@@ -371,11 +400,25 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- the loop
     def train(self) -> list[float]:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         if not hasattr(self, "accelerator"):
             self.setup()
         cfg, acc = self.cfg, self.accelerator
         log.info("training %d steps from step %d (%d micro-batches per epoch and process)", self.max_train_steps,
                  self.global_step, self.micro_per_epoch)
+        show = cfg.progress and acc.is_main_process
+        bar = tqdm(total=self.max_train_steps, initial=self.global_step, desc="training", unit="step",
+                   dynamic_ncols=True, disable=not show)
+        with bar, logging_redirect_tqdm() if show else contextlib.nullcontext():  # log lines print above the bar
+            self._train_loop(bar)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.history
+
+    def _train_loop(self, bar) -> None:
+        cfg, acc = self.cfg, self.accelerator
         last_saved = self.global_step if cfg.resume_from_checkpoint else -1
         running = 0.0
         while self.global_step < self.max_train_steps:
@@ -400,8 +443,10 @@ class Trainer:
                 if grad_norm is not None:
                     logs["grad_norm"] = grad_norm
                 acc.log(logs, step=self.global_step)
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
+                bar.update(1)
                 if acc.is_main_process and (self.global_step % 10 == 0 or self.global_step <= 3):
-                    log.info("step %d: %s", self.global_step, {k: round(v, 6) for k, v in logs.items()})
+                    log.info("step %d: %s", self.global_step, ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
                 running = 0.0
                 if self.global_step % cfg.checkpointing_steps == 0:
                     self.save_checkpoint()
@@ -414,9 +459,6 @@ class Trainer:
                     break
         if last_saved != self.global_step:
             self.save_checkpoint()
-        acc.wait_for_everyone()
-        acc.end_training()
-        return self.history
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -488,10 +530,16 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if not (cfg.validation_reference_path and cfg.validation_driven_audio_path):
             return None
+        path = None
         if acc.is_main_process:
-            path = self._validate()
-        else:
-            path = None
+            try:
+                path = self._validate()
+            except Exception as e:  # a failed sample must not end a run of days: one warning, and go on
+                log.warning("validation at step %d failed, training goes on: %s: %s", self.global_step,
+                            type(e).__name__, e)
+                log.debug("validation traceback", exc_info=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
         acc.wait_for_everyone()
         return path
 
