@@ -239,7 +239,7 @@ def test_lora_path_is_merged(tree, tmp_path):
 
     from wan.checkpoints.dit import load_dit
     from wan.io.video import probe
-    from wan.training.lora import add_lora, save_lora
+    from wan.checkpoints.lora import add_lora, save_lora
 
     dit = load_dit(tree / "Wan2.1-Fun-V1.1-1.3B-InP", tree / "StableAvatar-1.3B" / "transformer3d-square.pt",
                    dtype=torch.float32)

@@ -258,7 +258,7 @@ def _dit_inputs(seed=1):
 
 
 def test_lora_targets_names_and_roundtrip(tmp_path):
-    from wan.training.lora import (
+    from wan.checkpoints.lora import (
         add_lora, apply_lora, base_state_dict, lora_state_dict, lora_target_names, merge_lora, save_lora,
     )
 
@@ -300,7 +300,7 @@ def test_lora_targets_names_and_roundtrip(tmp_path):
 def test_lora_training_saves_adapter_that_inference_loads(tree, data, tmp_path, one_thread):
     from wan.checkpoints import CheckpointError, load_state_dict_file, unwrap_state_dict
     from wan.checkpoints.dit import load_dit
-    from wan.training.lora import apply_lora
+    from wan.checkpoints.lora import apply_lora
 
     out = tmp_path / "lora"
     released = tree / "StableAvatar-1.3B" / "transformer3d-rec-vec.pt"  # fine-tune from a released checkpoint
@@ -377,7 +377,7 @@ def test_schedule_sampler_and_loss_terms():
 def test_trainable_split_matches_the_original_counts():
     from wan.configs import get_config
     from wan.models.dit import WanTransformer3DFantasyModel
-    from wan.training.lora import lora_target_names
+    from wan.checkpoints.lora import lora_target_names
     from wan.training.trainer import trainable_parameter_names
 
     with torch.device("meta"):

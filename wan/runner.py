@@ -292,7 +292,7 @@ def load_pipeline(args: argparse.Namespace, device, dtype, ctx=None):
         args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
         device=device, dtype=dtype, load_device="cpu" if offload else device, spec=get_config(args.model_spec))
     if args.lora_path:  # merged before the memory mode, so qfloat8 quantises the merged weights
-        from wan.training.lora import apply_lora
+        from wan.checkpoints.lora import apply_lora
 
         apply_lora(pipe.dit, args.lora_path, merge=True)
     apply_memory_mode(pipe, args.GPU_memory_mode)

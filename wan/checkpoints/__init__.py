@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -124,14 +124,3 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def merge_shards(paths: Iterable[str | os.PathLike]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for p in paths:
-        sd = load_state_dict_file(p)
-        dup = sorted(set(sd) & set(out))
-        if dup:
-            raise CheckpointError(f"{p}: keys already present in another shard: {_fmt(dup)}")
-        out.update(sd)
-    return out

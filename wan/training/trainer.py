@@ -288,7 +288,7 @@ class Trainer:
         dit = load_dit(wan_dir, cfg.transformer_path, dtype=self.param_dtype, device=dev)
         dit.gradient_checkpointing = cfg.gradient_checkpointing
         if cfg.train_lora:
-            from wan.training.lora import add_lora
+            from wan.checkpoints.lora import add_lora
 
             add_lora(dit, cfg.rank, cfg.network_alpha)
         self.dit = dit.train()
@@ -478,7 +478,7 @@ class Trainer:
         state = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards; every rank must call it
         if acc.is_main_process:
             if cfg.train_lora:
-                from wan.training.lora import base_state_dict, save_lora
+                from wan.checkpoints.lora import base_state_dict, save_lora
 
                 save_lora(acc.unwrap_model(self.model), tmp / f"lora-checkpoint-{step}.pt")
                 state = base_state_dict(state)

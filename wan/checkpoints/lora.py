@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -198,9 +197,3 @@ def merge_lora(dit: nn.Module, multiplier: float = 1.0) -> nn.Module:
     remove_lora(dit)
     _merge_into(dit, _group(state, dit, "<attached LoRA>"), multiplier)
     return dit
-
-
-def lora_path_for(transformer_checkpoint: str | os.PathLike) -> Path:
-    """`.../transformer3d-checkpoint-<step>.pt` -> `.../lora-checkpoint-<step>.pt` (the trainer's pairing)."""
-    p = Path(transformer_checkpoint)
-    return p.with_name(p.name.replace("transformer3d-", "lora-"))
