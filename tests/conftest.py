@@ -1,6 +1,21 @@
-import pytest
+"""Suite-wide defaults and the golden fixture. What skips when, and why: docs/testing.md."""
 
-from wan.testing.golden import golden_dir, load_golden
+import os
+from pathlib import Path
+
+# before anything imports huggingface_hub / transformers (they read these at import): the tests build tiny models
+# on the fly and must never reach the Hub; an explicit value in the environment wins
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the lip-mask tests run mediapipe in the isolated venv of scripts/setup_preprocess_env.sh (wan.data.masks finds
+# it too; set here so that subprocesses started from another folder see the same one)
+_PREPROCESS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-preprocess" / "bin" / "python"
+if _PREPROCESS_PYTHON.is_file():
+    os.environ.setdefault("STABLEAVATAR_PREPROCESS_PYTHON", str(_PREPROCESS_PYTHON))
+
+import pytest  # noqa: E402
+
+from wan.testing.golden import GOLDEN_SKIP_REASON, golden_dir, load_golden  # noqa: E402
 
 
 @pytest.fixture
@@ -9,7 +24,16 @@ def golden():
 
     def _load(name: str):
         if golden_dir() is None:
-            pytest.skip("no golden fixtures: set STABLEAVATAR_GOLDEN_DIR (or provide ../shared/golden)")
+            pytest.skip(GOLDEN_SKIP_REASON)
         return load_golden(name)
 
     return _load
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line under the summary when parity tests skipped (pytest lists skip reasons only with -rs)."""
+    n = sum(1 for r in terminalreporter.stats.get("skipped", [])
+            if isinstance(r.longrepr, tuple) and GOLDEN_SKIP_REASON in str(r.longrepr[2]))
+    if n:
+        terminalreporter.write_line(f"{n} parity tests skipped: no golden fixtures (made by running the original "
+                                    "StableAvatar on tiny random weights; not in the repo) -- see docs/testing.md")

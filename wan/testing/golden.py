@@ -1,7 +1,9 @@
-"""Access to the parity fixtures produced by the original code (`../shared/golden`, see its README).
+"""Access to the golden (parity) fixtures: what the original StableAvatar code computes on tiny random weights.
 
-Rules: the folder is `$STABLEAVATAR_GOLDEN_DIR`, else `<repo>/../shared/golden`. Unset variable and no
-default folder -> tests skip. Variable set (or default folder present) but a case missing -> tests FAIL.
+Each case is `<case>.safetensors` (weights, inputs, outputs) + `<case>.json` (config, call); they are made by running
+the original code and are not shipped with the repository (docs/testing.md). Rules: the folder is
+`$STABLEAVATAR_GOLDEN_DIR`, else `<repo>/../shared/golden`. Unset variable and no default folder -> tests skip.
+Variable set (or default folder present) but the folder or a case missing -> tests FAIL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_SKIP_REASON = ("no golden fixtures (parity fixtures made by running the original StableAvatar code on tiny "
+                      "random weights; not shipped with the repo): set STABLEAVATAR_GOLDEN_DIR to their folder, see "
+                      "docs/testing.md")
 
 
 def golden_dir() -> Path | None:
@@ -70,10 +75,13 @@ def load_golden(name: str) -> GoldenCase:
     """Load one case; raises FileNotFoundError when the configured folder lacks it (tests must fail)."""
     root = golden_dir()
     if root is None:
-        raise FileNotFoundError("no golden folder configured")
+        raise FileNotFoundError("no golden folder configured (docs/testing.md)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"STABLEAVATAR_GOLDEN_DIR={root} is not a folder; point it at the golden fixtures or "
+                                "unset it to skip the parity tests (docs/testing.md)")
     jpath, spath = root / f"{name}.json", root / f"{name}.safetensors"
     if not jpath.is_file() or not spath.is_file():
-        raise FileNotFoundError(f"golden case {name!r} missing in {root} (STABLEAVATAR_GOLDEN_DIR)")
+        raise FileNotFoundError(f"golden case {name!r} missing in {root} (STABLEAVATAR_GOLDEN_DIR; docs/testing.md)")
     from safetensors.torch import load_file
 
     return GoldenCase(name, json.loads(jpath.read_text()), load_file(str(spath)))
