@@ -342,9 +342,10 @@ def _remove_leftovers(out: Path, names: list[str]) -> None:
 
 
 def render(pipe, req: Request, audio, args: argparse.Namespace, *, progress: bool = True, is_main: bool = True,
-           device=None, dtype=None) -> dict:
+           device=None, dtype=None, on_step=None) -> dict:
     """Generate `req` and write its mp4s, resumably (see `wan.resume`): returns the pipeline's timings plus `paths`.
-    Non-main ranks of a parallel run compute and return without writing."""
+    Non-main ranks of a parallel run compute and return without writing. `on_step(steps_done, latents)` is called
+    after every denoising step (the app's progress bar)."""
     from wan.resume import ResumeState
 
     out = Path(req.output_dir)
@@ -365,17 +366,19 @@ def render(pipe, req: Request, audio, args: argparse.Namespace, *, progress: boo
             if loaded is not None:
                 start, latents = loaded
 
-    def on_step(done: int, lat) -> None:
+    def step_done(done: int, lat) -> None:
         if state is not None and is_main:
             out.mkdir(parents=True, exist_ok=True)
             state.save(done, lat, req.steps, force=done == req.steps)
+        if on_step is not None:
+            on_step(done, lat)
 
     result = pipe.generate(
         req.reference, audio, req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height,
         num_inference_steps=req.steps, seed=req.seed, text_guide_scale=req.text_guide_scale,
         audio_guide_scale=req.audio_guide_scale, overlap_window_length=req.overlap,
         overlapping_weight_scheme=req.scheme, clip_length=req.clip_length, progress=progress,
-        latents=latents, start_step=start, on_step=on_step)
+        latents=latents, start_step=start, on_step=step_done)
     if not is_main:  # every rank holds the same latents; rank 0 writes them
         return result.timings
     out.mkdir(parents=True, exist_ok=True)
