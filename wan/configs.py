@@ -165,8 +165,10 @@ class PipelineConfig:
 # three with PipelineConfig's values): field name -> value
 ORIGINAL_CLI_DEFAULTS = {"text_guide_scale": 5.0, "audio_guide_scale": 4.0, "overlap_window_length": 10}
 
-# --GPU_memory_mode values (wan/memory.py applies them); here so that the CLI can check a flag without torch
-MEMORY_MODES = ("model_full_load", "model_cpu_offload", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8")
+# --GPU_memory_mode values (wan/memory.py applies them); here so that the CLI can check a flag without torch.
+# "auto" resolves to one of the exact modes before loading (wan.memory.resolve_memory_mode)
+MEMORY_MODES = ("model_full_load", "model_cpu_offload", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8",
+                "auto")
 
 
 @dataclass(frozen=True)

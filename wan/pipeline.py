@@ -14,6 +14,7 @@ Differences from the original, all documented in README.md:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from wan.configs import ModelSpec, PipelineConfig, get_config
+from wan.memory import forward_branches
 from wan.sampling import euler_step, flow_sigmas, guidance
 from wan.sliding_window import Window, audio_slice, blend_weights, check_size, fuse_overlap, plan_video
 
@@ -109,8 +111,12 @@ class StableAvatarPipeline:
         self.spec = spec or get_config("stableavatar-1.3b")
         self.device = torch.device(device)
         self.dtype = dtype
-        # memory modes (wan.memory) install a hook that moves a model to the GPU for its stage
+        # memory modes (wan.memory) install a hook that moves a model to the GPU for its stage, and set how many
+        # guidance branches one DiT forward carries (3, or 1: the branches one after the other) and how many latent
+        # frames one decode step takes
         self.stage: Callable[[str], object] = lambda name: contextlib.nullcontext()
+        self.guidance_batch = 3
+        self.decode_chunk = 4
         # multi-GPU inference (wan.distributed.apply_parallel) replaces it
         self.parallel = SequentialWindows()
 
@@ -281,10 +287,11 @@ class StableAvatarPipeline:
         def denoise(k: int, z: Tensor) -> Tensor:  # window k's latents at step i -> after the Euler step
             win = windows[k]
             a = feats[k] if cache_audio_features else audio_features(win)
+            dit = self.dit if self.guidance_batch == 3 else functools.partial(forward_branches, self.dit)
             with self._autocast():
-                v = self.dit(x=z.expand(3, -1, -1, -1, -1), t=t.expand(3), context=context, seq_len=seq_len,
-                             clip_fea=clip_fea, y=y[:, :, :win.length], vocal_embeddings=a,
-                             audio_null=audio_null, video_sample_n_frames=clip_length)
+                v = dit(x=z.expand(3, -1, -1, -1, -1), t=t.expand(3), context=context, seq_len=seq_len,
+                        clip_fea=clip_fea, y=y[:, :, :win.length], vocal_embeddings=a,
+                        audio_null=audio_null, video_sample_n_frames=clip_length)
             v = guidance(*v.chunk(3), audio_scale=audio_guide_scale, text_scale=text_guide_scale)
             return euler_step(v, sigmas[i], sigmas[i + 1], z)
 
@@ -314,15 +321,17 @@ class StableAvatarPipeline:
 
     # ------------------------------------------------------------------------------------------- decode
     @torch.no_grad()
-    def decode_frames(self, latents: Tensor, chunk: int = 4) -> Iterator[Tensor]:
-        """Final latents [1, 16, F, h, w] -> frames in [0, 1], float32 [1, 3, t, H, W] chunks, streamed so that
-        memory does not grow with the video length (`(x/2 + 0.5).clamp(0, 1)` of the clamped decode)."""
+    def decode_frames(self, latents: Tensor, chunk: int | None = None) -> Iterator[Tensor]:
+        """Final latents [1, 16, F, h, w] -> frames in [0, 1], float32 [1, 3, t, H, W] chunks of `chunk` latent
+        frames (None: the memory mode's `self.decode_chunk`), streamed so that memory does not grow with the video
+        length (`(x/2 + 0.5).clamp(0, 1)` of the clamped decode)."""
+        chunk = self.decode_chunk if chunk is None else chunk
         with self.stage("vae"):
             for part in self.vae.decode_stream(latents.float(), chunk=chunk):
                 yield (part.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     def write_video(self, result: GenerationOutput, output_dir: str | os.PathLike, name: str = "video.mp4",
-                    chunk: int = 4, progress: bool = True,
+                    chunk: int | None = None, progress: bool = True,
                     source_audio: str | os.PathLike | None = None) -> dict[str, Path]:
         """Decode and write `<output_dir>/<name>` (H.264 + the driving audio as AAC, trimmed to the video) and
         `video_without_audio.mp4` (the original's output name), both atomically, 25 fps.

@@ -8,8 +8,10 @@ frames, decode one latent frame at a time, both through the causal-conv feature 
 
 `decode_stream` drives the decoder's frame loop itself and keeps the feature cache between chunks, so a
 video of any length decodes with memory independent of its length; the concatenated chunks equal one
-whole `decode`. Tiling (spatial tiles, blended seams: approximate) and slicing (one batch element at a
-time: exact) are opt-in memory modes for small GPUs.
+whole `decode`. Three opt-in ways to a lower peak on small GPUs: slicing (one batch element at a time: exact),
+halo tiling (`enable_halo_tiling`: spatial tiles computed with a margin that covers the receptive field of
+everything that runs per tile, the frame-wide attention of the middle block run on whole frames: exact) and
+diffusers' tiling (`enable_tiling`: blended seams, approximate).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         self.vae = vae if vae is not None else build_autoencoder(config)
+        self.halo_tile: int | None = None  # see enable_halo_tiling
         mean = torch.tensor(config.latents_mean, dtype=torch.float32)
         inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32)  # the original's scale[1]
         self.register_buffer("latents_mean", mean.view(1, -1, 1, 1, 1), persistent=False)
@@ -99,6 +102,40 @@ class WanVAE(nn.Module):
     def disable_tiling(self) -> None:
         self.vae.disable_tiling()
 
+    def enable_halo_tiling(self, tile: int = 256) -> None:
+        """Encode and decode (`encode`, `decode`, `decode_stream`) in spatial tiles of at most `tile` output pixels a
+        side (a multiple of the spatial compression 8), for frames larger than one tile.
+
+        Exact, unlike `enable_tiling`: every op of the Wan VAE is local (3x3 convs, per-position RMS norms,
+        nearest upsampling, causal time convs) except the single-head attention of the middle blocks, which works
+        on whole frames at 1/8 resolution. So the decoder runs `conv_in` + its middle block on whole latent frames
+        and only the upsampling blocks + head per tile; the encoder runs `conv_in` + its downsampling blocks per
+        tile and the middle block + head on whole frames. Each tile is computed over its core plus a margin as wide
+        as the receptive field of what runs per tile (computed from the modules: 13 latent pixels into the decoder,
+        64 / 68 pixels into the encoder for the Wan2.1 VAE), with its own causal cache, and cropped to its core;
+        the decoder narrows the margin after every upsampling block. Costs some extra compute in the margins."""
+        if tile < self.config.spatial_compression or tile % self.config.spatial_compression:
+            raise ValueError(f"halo tile must be a positive multiple of {self.config.spatial_compression} pixels, "
+                             f"got {tile}")
+        if self.vae.use_tiling:
+            raise ValueError("halo tiling and diffusers' tiling (enable_tiling) exclude each other; disable_tiling() "
+                             "first")
+        self.halo_tile = tile
+
+    def disable_halo_tiling(self) -> None:
+        self.halo_tile = None
+
+    def _halo_grid(self, height: int, width: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+        """Latent [h, w] -> the tiles' core row and column ranges (latent pixels, even split), or None when halo
+        tiling is off or one tile covers the frame."""
+        if self.halo_tile is None:
+            return None
+        latent_tile = self.halo_tile // self.config.spatial_compression
+        rows, cols = -(-height // latent_tile), -(-width // latent_tile)
+        if rows == cols == 1:
+            return None
+        return _even_split(height, rows), _even_split(width, cols)
+
     def enable_slicing(self) -> None:
         """Encode/decode one batch element at a time (exact: every op of the VAE is per sample)."""
         self.vae.enable_slicing()
@@ -120,7 +157,12 @@ class WanVAE(nn.Module):
             raise ValueError(f"video has {t} frames; the causal VAE needs 1 + 4k frames (e.g. 1, 5, ..., 81)")
         if h % self.config.spatial_compression or w % self.config.spatial_compression:
             raise ValueError(f"video size {h}x{w} must be a multiple of {self.config.spatial_compression}")
-        params = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.parameters
+        grid = self._halo_grid(h // self.config.spatial_compression, w // self.config.spatial_compression)
+        if grid is None:
+            params = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.parameters
+        else:  # the video stays where it is (e.g. CPU); each tile of each frame chunk moves to the VAE when used
+            batches = video.split(1) if self.vae.use_slicing and video.shape[0] > 1 else [video]
+            params = torch.cat([self._encode_halo(v, *grid) for v in batches])
         mu, log_var = params.chunk(2, dim=1)
         mu = (mu - self.latents_mean.to(mu.dtype)) * self.latents_inv_std.to(mu.dtype)
         return DiagonalGaussianDistribution(torch.cat([mu, log_var], dim=1))
@@ -141,6 +183,8 @@ class WanVAE(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         """Normalised latents [B, 16, F, h, w] -> video [B, 3, 1 + 4(F-1), 8h, 8w] clamped to [-1, 1], in one call."""
         self._check_latents(latents)
+        if self._halo_grid(*latents.shape[-2:]) is not None:
+            return torch.cat(list(self.decode_stream(latents, chunk=latents.shape[2])), dim=2)
         return self.vae.decode(self._denormalise(latents)).sample
 
     def decode_stream(self, latents: Tensor, chunk: int = 1) -> Iterator[Tensor]:
@@ -150,8 +194,8 @@ class WanVAE(nn.Module):
         The decoder's causal feature cache (the last two time steps of every causal conv input) is carried
         from chunk to chunk, so the concatenation equals `decode(latents)` while memory stays independent of
         F. `latents` may live on another device (e.g. CPU); each chunk is moved to the VAE when it is used.
-        Honours slicing (one cache per batch element) and tiling (one cache per spatial tile; the seams are
-        blended per frame exactly as in diffusers' tiled decode).
+        Honours slicing (one cache per batch element), halo tiling (exact; see `enable_halo_tiling`) and tiling
+        (one cache per spatial tile; the seams are blended per frame exactly as in diffusers' tiled decode).
         """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1 latent frame, got {chunk}")
@@ -164,16 +208,27 @@ class WanVAE(nn.Module):
 
         n_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         batches = [slice(b, b + 1) for b in range(batch)] if vae.use_slicing and batch > 1 else [slice(None)]
-        grid = self._tile_grid(height, width)
+        halo = self._halo_grid(height, width)
+        grid = [[(slice(None), slice(None))]] if halo is not None else self._tile_grid(height, width)
         tiled = grid[0][0] != (slice(None), slice(None))
         # one feature cache per (batch slice, tile): each is a list the decoder fills in place
         caches = {(b, i, j): [None] * n_convs
                   for b in range(len(batches)) for i, row in enumerate(grid) for j in range(len(row))}
+        if halo is not None:  # per batch slice: the whole-frame part's cache and one per halo tile
+            rows, cols = halo
+            halo_caches = [([None] * n_convs, {(i, j): [None] * n_convs for i in range(len(rows))
+                                               for j in range(len(cols))}) for _ in batches]
 
         for start in range(0, n_frames, chunk):
             z = self._denormalise(latents[:, :, start:start + chunk])
             parts = []
             for b, bs in enumerate(batches):
+                if halo is not None:
+                    x = self.vae.post_quant_conv(z[bs])  # on the whole chunk, as in `_decode_frames`
+                    parts.append(torch.cat([self._decode_frame_halo(x[:, :, k:k + 1], *halo_caches[b], rows, cols,
+                                                                    first=start == 0 and k == 0)
+                                            for k in range(x.shape[2])], dim=2))
+                    continue
                 tiles = [[self._decode_frames(z[bs, :, :, ys, xs], caches[b, i, j], first=start == 0,
                                               per_frame_conv=tiled)
                           for j, (ys, xs) in enumerate(row)] for i, row in enumerate(grid)]
@@ -192,6 +247,73 @@ class WanVAE(nn.Module):
             xk = self.vae.post_quant_conv(z[:, :, k:k + 1]) if per_frame_conv else x[:, :, k:k + 1]
             out.append(self.vae.decoder(xk, feat_cache=cache, feat_idx=[0], first_chunk=first and k == 0))
         return torch.cat(out, dim=2)
+
+    # ------------------------------------------------------------------------------------- halo tiling
+    def _decode_frame_halo(self, x: Tensor, trunk_cache: list, tile_caches: dict, rows: list, cols: list,
+                           first: bool) -> Tensor:
+        """One post_quant_conv'd latent frame [b, 16, 1, h, w] -> its frames [b, 3, t, 8h, 8w]: `conv_in` and the
+        middle block (frame-wide attention) on the whole frame, the upsampling blocks and the head per tile."""
+        dec = self.vae.decoder
+        idx = [0]
+        x = _cached_conv(dec.conv_in, x, trunk_cache, idx)
+        x = dec.mid_block(x, feat_cache=trunk_cache, feat_idx=idx)
+        n_trunk = idx[0]
+        margins, head_margin = _decoder_margins(dec)
+        height, width = x.shape[-2:]
+        out_rows = []
+        for i, (a, b) in enumerate(rows):
+            out_cols = []
+            for j, (c, d) in enumerate(cols):
+                cache, idx = tile_caches[i, j], [n_trunk]
+                t, y0, x0, s = x, 0, 0, 1  # t covers [y0, ...) x [x0, ...) at s times the latent resolution
+                for block, m in zip(dec.up_blocks, margins):
+                    t, y0, x0 = _crop(t, y0, x0, (a * s - m, b * s + m), (c * s - m, d * s + m), height * s, width * s)
+                    t = block(t, feat_cache=cache, feat_idx=idx, first_chunk=first)
+                    if block.upsamplers is not None:
+                        s, y0, x0 = 2 * s, 2 * y0, 2 * x0
+                m = head_margin
+                t, y0, x0 = _crop(t, y0, x0, (a * s - m, b * s + m), (c * s - m, d * s + m), height * s, width * s)
+                t = _cached_conv(dec.conv_out, dec.nonlinearity(dec.norm_out(t)), cache, idx)
+                out_cols.append(_crop(t, y0, x0, (a * s, b * s), (c * s, d * s), height * s, width * s)[0])
+            out_rows.append(torch.cat(out_cols, dim=-1))
+        return torch.cat(out_rows, dim=-2)
+
+    def _encode_halo(self, video: Tensor, rows: list, cols: list) -> Tensor:
+        """video [b, 3, T, H, W] -> the moments before normalisation [b, 32, F, h, w], as diffusers' `_encode`
+        (causal chunks of 1, 4, 4, ... frames, one latent frame each): `conv_in` and the downsampling blocks per
+        tile, the middle block (frame-wide attention) and the head on whole latent frames."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        vae = self.vae
+        enc = vae.encoder
+        r = self.config.spatial_compression
+        n_frames, height, width = video.shape[2:]
+        left, right = _encoder_margins(enc)
+        left = -(-left // r) * r  # tile origins on the stride-2 grid of every downsampling step
+        n_convs = sum(isinstance(m, WanCausalConv3d) for m in enc.modules())
+        tile_caches = {(i, j): [None] * n_convs for i in range(len(rows)) for j in range(len(cols))}
+        trunk_cache = [None] * n_convs
+        chunks = [(0, 1)] + [(f, f + 4) for f in range(1, n_frames, 4)]
+        out = []
+        for f0, f1 in chunks:
+            out_rows = []
+            for i, (a, b) in enumerate(rows):
+                y0, y1 = max(a * r - left, 0), min(b * r + right, height)
+                out_cols = []
+                for j, (c, d) in enumerate(cols):
+                    x0, x1 = max(c * r - left, 0), min(d * r + right, width)
+                    cache, idx = tile_caches[i, j], [0]
+                    x = video[:, :, f0:f1, y0:y1, x0:x1].to(self.device, self.dtype).contiguous()
+                    x = _cached_conv(enc.conv_in, x, cache, idx)
+                    for layer in enc.down_blocks:
+                        x = layer(x, feat_cache=cache, feat_idx=idx)
+                    out_cols.append(x[:, :, :, a - y0 // r:b - y0 // r, c - x0 // r:d - x0 // r])
+                out_rows.append(torch.cat(out_cols, dim=-1))
+            x = torch.cat(out_rows, dim=-2)
+            idx = [idx[0]]  # every tile ran the same convs: the whole-frame part continues the numbering
+            x = enc.mid_block(x, feat_cache=trunk_cache, feat_idx=idx)
+            out.append(_cached_conv(enc.conv_out, enc.nonlinearity(enc.norm_out(x)), trunk_cache, idx))
+        return vae.quant_conv(torch.cat(out, dim=2))
 
     # ------------------------------------------------------------------------- tiling (diffusers' layout)
     def _tile_grid(self, height: int, width: int) -> list[list[tuple[slice, slice]]]:
@@ -224,3 +346,85 @@ class WanVAE(nn.Module):
                 cropped.append(tile[:, :, :, :stride_h, :stride_w])
             rows.append(torch.cat(cropped, dim=-1))
         return torch.cat(rows, dim=3)[:, :, :, :height * r, :width * r]
+
+
+# ------------------------------------------------------------------------------------------------ halo tiling
+
+
+def _even_split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) in `parts` contiguous ranges whose sizes differ by at most one."""
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _crop(t: Tensor, y0: int, x0: int, ys: tuple[int, int], xs: tuple[int, int], height: int,
+          width: int) -> tuple[Tensor, int, int]:
+    """t covers rows [y0, ...) and columns [x0, ...) of a [height, width] frame -> its part over ys x xs (clipped to
+    the frame), contiguous like the whole-frame tensors, and that part's origin."""
+    ya, yb = max(ys[0], 0), min(ys[1], height)
+    xa, xb = max(xs[0], 0), min(xs[1], width)
+    assert y0 <= ya and x0 <= xa and yb - y0 <= t.shape[-2] and xb - x0 <= t.shape[-1], "halo margin too small"
+    return t[..., ya - y0:yb - y0, xa - x0:xb - x0].contiguous(), ya, xa
+
+
+def _cached_conv(conv: nn.Module, x: Tensor, cache: list, idx: list[int]) -> Tensor:
+    """A causal conv with the decoder/encoder feature cache, the way diffusers' Wan VAE runs its `conv_in`/
+    `conv_out` (the last two time steps of the input are kept for the next chunk)."""
+    i = idx[0]
+    cache_x = x[:, :, -2:].clone()
+    if cache_x.shape[2] < 2 and cache[i] is not None:
+        cache_x = torch.cat([cache[i][:, :, -1:].to(cache_x.device), cache_x], dim=2)
+    x = conv(x, cache[i])
+    cache[i] = cache_x
+    idx[0] += 1
+    return x
+
+
+def _radius(conv: nn.Module) -> int:
+    """Spatial reach of a stride-1 'same' conv (WanCausalConv3d or Conv2d) with a square odd kernel."""
+    k = conv.kernel_size[-1]
+    pad = conv._padding[0] if hasattr(conv, "_padding") else conv.padding[-1]
+    assert k == 2 * pad + 1 and conv.kernel_size[-2] == k and conv.stride[-1] == 1, conv
+    return pad
+
+
+def _resnet_radius(block: nn.Module) -> int:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
+
+    assert isinstance(block, WanResidualBlock), type(block)  # norms per position; the shortcut is 1x1x1
+    return _radius(block.conv1) + _radius(block.conv2)
+
+
+def _decoder_margins(decoder: nn.Module) -> tuple[list[int], int]:
+    """Margins (pixels at each block's input resolution) that make a tile's core exact: one per upsampling block
+    input, and the head's. Walked backwards from `conv_out`: a resnet adds its convs' reach; an upsampler adds its
+    3x3 conv's reach at the upsampled resolution, then halves (nearest x2: output p reads input p // 2)."""
+    head = _radius(decoder.conv_out)
+    m, margins = head, []
+    for block in reversed(decoder.up_blocks):
+        if block.upsamplers is not None:
+            up = block.upsamplers[0]
+            assert up.mode in ("upsample2d", "upsample3d") and up.resample[0].scale_factor == (2.0, 2.0), up
+            m = -(-(m + _radius(up.resample[1])) // 2)
+        m += sum(_resnet_radius(r) for r in block.resnets)
+        margins.append(m)
+    return margins[::-1], head
+
+
+def _encoder_margins(encoder: nn.Module) -> tuple[int, int]:
+    """(left/top, right/bottom) margins in input pixels that make a tile's core exact at the output of the
+    downsampling blocks. Walked backwards: a resnet adds its convs' reach on both sides; a downsampler
+    (zero pad right/bottom by 1, 3x3 conv, stride 2: output o reads inputs 2o .. 2o+2) doubles both and adds 1 on
+    the right."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResample
+
+    left = right = 0
+    for layer in reversed(encoder.down_blocks):
+        if isinstance(layer, WanResample):
+            assert layer.mode in ("downsample2d", "downsample3d"), layer.mode
+            left, right = 2 * left, 2 * right + 1
+        else:
+            r = _resnet_radius(layer)
+            left, right = left + r, right + r
+    r = _radius(encoder.conv_in)
+    return left + r, right + r
