@@ -5,7 +5,8 @@
 For idx in range(start, end) — end EXCLUSIVE, as the original (its README's `--end=500` stops at 00499) —
 reads `R/<idx:05d>/images/*.png` and writes `R/<idx:05d>/lip_masks/<same name>.png` (uint8 {0,255}, outer-lip
 polygons exactly as the original draws them); `--face_masks` also writes `face_masks/` (face-oval convex hull).
-Existing masks are skipped; frames without a face get an empty mask.
+Existing masks are skipped; frames without a face get an empty mask. Clip folders of the range that do not exist
+are normal (the README's range 1..501 on a smaller dataset): one summary line at the end names them, exit code 0.
 
 mediapipe 0.10.21 lives in its own venv (`bash scripts/setup_preprocess_env.sh` → .venv-preprocess/). Run this
 script with any python: without mediapipe it re-runs itself with $STABLEAVATAR_PREPROCESS_PYTHON or
@@ -36,12 +37,11 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os.execv(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]])
     try:
-        stats = masks.extract_clip_range(args.folder_root, args.start, args.end, face=args.face_masks)
+        report = masks.extract_clip_range(args.folder_root, args.start, args.end, face=args.face_masks)
     except (ValueError, FileNotFoundError, masks.MissingPreprocessEnv) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    no_face = sum(len(s.no_face) for s in stats)
-    print(f"{len(stats)} clip folders, {sum(s.written for s in stats)} frames masked, {no_face} without a face")
+    print(report.summary())  # missing clip folders are summed up here, never an error
     return 0
 
 

@@ -75,6 +75,77 @@ def test_pixel_coordinates_truncate_like_the_original():
     assert px.tolist() == [[49, 2], [0, 10]] and px.dtype == np.int32
 
 
+def test_id_ranges():
+    assert M.id_ranges([]) == ""
+    assert M.id_ranges([7]) == "00007"
+    assert M.id_ranges(range(3, 501)) == "00003..00500"
+    assert M.id_ranges([9, 3, 4, 5, 12]) == "00003..00005, 00009, 00012"
+    assert M.id_ranges([1, 3, 5, 7, 8], limit=2) == "00001, 00003, and 2 more"
+
+
+def test_missing_clip_folders_are_summed_up(tmp_path):
+    """The README's range (--start 1 --end 501) over 2 clip folders: no mediapipe needed to find them, one summary
+    line for the 498 missing ones (upstream printed 498 lines); a folder without images/ is counted apart."""
+    for idx in (1, 2):
+        (tmp_path / f"{idx:05d}" / "images").mkdir(parents=True)
+    r = M.scan_clip_range(tmp_path, 1, 501)
+    assert r.found == [tmp_path / "00001", tmp_path / "00002"] and r.missing == list(range(3, 501))
+    assert r.summary() == ("498 of 500 clip folders 00001..00500 do not exist (00003..00500); processed 0: "
+                           "0 frames masked, 0 without a face (is --folder_root the folder holding 00001/, 00002/, "
+                           "...?)")
+    (tmp_path / "00250").mkdir()  # a clip folder without frames
+    r = M.scan_clip_range(tmp_path, 1, 501)
+    assert r.missing == [*range(3, 250), *range(251, 501)] and r.no_images == [250]
+    assert r.summary().startswith("497 of 500 clip folders 00001..00500 do not exist (00003..00249, "
+                                  "00251..00500); 1 have no images/ folder (00250); processed 0")
+    assert M.scan_clip_range(tmp_path, 1, 3).summary().startswith("processed 0 clip folders 00001..00002: ")
+    with pytest.raises(ValueError, match="end-exclusive"):
+        M.scan_clip_range(tmp_path, 5, 5)
+    with pytest.raises(ValueError, match="is not a folder"):
+        M.scan_clip_range(tmp_path / "nope", 1, 2)
+
+
+class _FakeMesh:
+    """Stands in for mediapipe's face mesh: one face (all landmarks at the centre) unless the frame is grey."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def detect(self, rgb):
+        return [] if (rgb == 128).all() else [np.full((M.NUM_LANDMARKS, 2), 0.5)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_extract_clip_range_reports_missing_folders_once(tmp_path, monkeypatch):
+    """The whole loop with a stand-in face mesh: 2 existing clip folders of 500, lip (+ face) masks written, one
+    summary, no per-folder "does not exist" line."""
+    import cv2
+
+    monkeypatch.setattr(M, "FaceMesh", _FakeMesh)
+    for idx in (1, 2):
+        (tmp_path / f"{idx:05d}" / "images").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / f"{idx:05d}" / "images" / "frame_0.png"), np.full((32, 48, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "00002" / "images" / "frame_1.png"), np.full((32, 48, 3), 128, np.uint8))
+    lines: list[str] = []
+    r = M.extract_clip_range(tmp_path, 1, 501, log=lines.append)
+    assert not any("does not exist" in l for l in lines)
+    assert [s.written for s in r.clips] == [1, 2] and r.clips[1].no_face == ["frame_1"]
+    assert (tmp_path / "00002" / "lip_masks" / "frame_1.png").is_file()
+    assert not (tmp_path / "00001" / "face_masks").exists()
+    assert r.summary() == ("498 of 500 clip folders 00001..00500 do not exist (00003..00500); processed 2: "
+                           "3 frames masked, 1 without a face")
+    r = M.extract_clip_range(tmp_path, 1, 501, face=True, log=lines.append)  # --face_masks: same summary
+    assert (tmp_path / "00002" / "face_masks" / "frame_1.png").is_file()
+    assert r.summary().startswith("498 of 500 clip folders 00001..00500 do not exist (00003..00500); processed 2")
+    monkeypatch.setattr(M, "FaceMesh", None)  # nothing to process: mediapipe is never started
+    assert M.extract_clip_range(tmp_path, 3, 10).clips == []
+
+
 def test_missing_mediapipe_gives_a_hint(monkeypatch):
     if M.mediapipe_available():
         pytest.skip("mediapipe is importable in this interpreter")
@@ -143,6 +214,14 @@ def test_lip_mask_extractor_cli(tmp_path):
     assert not (tmp_path / "00003" / "lip_masks").exists()  # end exclusive
     assert not (tmp_path / "00001" / "face_masks").exists()  # the original writes lip masks only
     assert "00004" not in r.stdout
+    # the README's range over 3 clip folders: one summary line, not 497 "does not exist" lines, exit code 0
+    cmd[-3:] = ["1", "--end", "501", "--face_masks"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "does not exist" not in r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == ("497 of 500 clip folders 00001..00500 do not exist (00004..00500); "
+                                         "processed 3: 3 frames masked, 0 without a face")
+    assert (tmp_path / "00003" / "face_masks" / "frame_0.png").is_file()
 
 
 def test_lip_mask_extractor_without_venv(tmp_path):

@@ -230,27 +230,81 @@ def write_masks(clip_dir: str | os.PathLike, mesh: FaceMesh, lip: bool = True, f
     return stats
 
 
-def extract_clip_range(folder_root: str | os.PathLike, start: int, end: int, face: bool = False,
-                       log: Callable[[str], None] = print) -> list[MaskStats]:
-    """The original script's loop: sub-folders `str(idx).zfill(5)` for idx in range(start, end) (end exclusive,
-    as upstream), `images/` → `lip_masks/` (+ `face_masks/` when `face`); missing `images/` → message, skip."""
+def id_ranges(ids: Iterable[int], limit: int = 3) -> str:
+    """Clip ids as zero-padded runs, at most `limit` of them: [3, 4, 5, 9] → "00003..00005, 00009"."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a:05d}" if a == b else f"{a:05d}..{b:05d}" for a, b in runs[:limit]]
+    if len(runs) > limit:
+        text.append(f"and {len(runs) - limit} more")
+    return ", ".join(text)
+
+
+@dataclass
+class RangeReport:
+    """The clip folders `str(idx).zfill(5)` for idx in range(start, end): which exist, which were processed."""
+
+    start: int
+    end: int
+    found: list[Path] = field(default_factory=list)      # folders holding images/
+    missing: list[int] = field(default_factory=list)     # ids without a folder: normal, not an error
+    no_images: list[int] = field(default_factory=list)   # folders without images/ (skipped)
+    clips: list[MaskStats] = field(default_factory=list)  # what write_masks did for each processed folder
+
+    def summary(self) -> str:
+        """One line, however many folders are missing (the original printed one line per missing folder)."""
+        n, span = self.end - self.start, f"{self.start:05d}..{self.end - 1:05d}"
+        head = []
+        if self.missing:
+            head.append(f"{len(self.missing)} of {n} clip folders {span} do not exist ({id_ranges(self.missing)})")
+        if self.no_images:
+            head.append(f"{len(self.no_images)} have no images/ folder ({id_ranges(self.no_images)})")
+        done = (f"processed {len(self.clips)}" if head else f"processed {len(self.clips)} clip folders {span}")
+        no_face = sum(len(s.no_face) for s in self.clips)
+        line = "; ".join([*head, f"{done}: {sum(s.written for s in self.clips)} frames masked, {no_face} without "
+                                 "a face"])
+        if not self.clips:
+            line += " (is --folder_root the folder holding 00001/, 00002/, ...?)"
+        return line
+
+
+def scan_clip_range(folder_root: str | os.PathLike, start: int, end: int) -> RangeReport:
+    """Which clip folders of range(start, end) (end exclusive, as upstream) hold `images/`; needs no mediapipe."""
     if end <= start:
         raise ValueError(f"--end ({end}) must be greater than --start ({start}); the range is end-exclusive "
                          "like the original (--start 1 --end 501 covers 00001…00500)")
     root = Path(folder_root)
     if not root.is_dir():
         raise ValueError(f"--folder_root {root} is not a folder")
-    out = []
+    report = RangeReport(start, end)
+    for idx in range(start, end):
+        clip = root / str(idx).zfill(5)
+        if (clip / "images").is_dir():
+            report.found.append(clip)
+        else:
+            (report.no_images if clip.is_dir() else report.missing).append(idx)
+    return report
+
+
+def extract_clip_range(folder_root: str | os.PathLike, start: int, end: int, face: bool = False,
+                       log: Callable[[str], None] = print) -> RangeReport:
+    """The original script's loop: sub-folders `str(idx).zfill(5)` for idx in range(start, end) (end exclusive,
+    as upstream), `images/` → `lip_masks/` (+ `face_masks/` when `face`). Folders without `images/` are skipped
+    and summed up by `RangeReport.summary()` instead of one message each; mediapipe starts only when a folder
+    exists."""
+    report = scan_clip_range(folder_root, start, end)
+    if not report.found:
+        return report
     with FaceMesh() as mesh:
-        for idx in range(start, end):
-            clip = root / str(idx).zfill(5)
-            if not (clip / "images").is_dir():
-                log(f"{clip / 'images'} does not exist")
-                continue
+        for clip in report.found:
             s = write_masks(clip, mesh, lip=True, face=face, log=log)
             log(f"{clip}: {s.frames} frames, {s.written} new masks, {len(s.no_face)} without a face")
-            out.append(s)
-    return out
+            report.clips.append(s)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
