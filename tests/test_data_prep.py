@@ -141,11 +141,100 @@ def test_builder_without_masks(raw_videos, tmp_path):
         "empty_room.mp4": "done", "mute.mp4": "rejected", "short.mp4": "rejected", "talk.mp4": "done"}
     assert state["mute.mp4"]["reason"] == "no audio" and state["short.mp4"]["reason"].startswith("too short")
     assert "rejected mute.mp4: no audio" in r.stdout
-    # clip ids follow the sorted file names; rejected folders are removed
-    assert sorted(p.name for p in (out / "square" / "speech").iterdir() if p.is_dir()) == ["00001", "00004"]
-    _check_clip(out / "square" / "speech" / "00004", 30, masks=False)
+    # clip ids follow the sorted file names of the kept videos, without gaps; nothing of the rejected ones is left
+    assert sorted(p.name for p in (out / "square" / "speech").iterdir() if p.is_dir()) == ["00001", "00002"]
+    assert state["talk.mp4"]["clip"] == "00002" and "clip" not in state["mute.mp4"]
+    _check_clip(out / "square" / "speech" / "00002", 30, masks=False)
     lines = (out / "video_square_path.txt").read_text().splitlines()
-    assert lines == [str((out / "square" / "speech" / c).resolve()) for c in ("00001", "00004")]
+    assert lines == [str((out / "square" / "speech" / c).resolve()) for c in ("00001", "00002")]
+
+
+def _build(videos: Path, out: Path):
+    from wan.data.prepare import Options, prepare
+
+    return prepare(Options(videos=videos, out=out, min_frames=20, masks=False, progress=False))
+
+
+def _clip_ids(out: Path) -> dict[str, str]:
+    state = json.loads((out / "square" / "speech" / "prepare_state.json").read_text())
+    assert state["version"] == 2
+    return {k: v.get("clip", v["status"]) for k, v in state["sources"].items()}
+
+
+def test_rejected_videos_take_no_clip_id(tmp_path, monkeypatch):
+    """3 videos, the middle one without audio → clips 00001, 00002; a 4th video → 00003, nothing redone; a run
+    interrupted between reserving an id and renaming the clip resumes without extracting again."""
+    import wan.data.prepare as P
+
+    extracted = []
+    extract = P.extract_clip
+    monkeypatch.setattr(P, "extract_clip", lambda video, *a: extracted.append(video.name) or extract(video, *a))
+    raw, out = tmp_path / "raw", tmp_path / "talking_face_data"
+    raw.mkdir()
+    talk = _write_video(raw / "a.mp4", _face_frames(21), 25, _speech(0.84))
+    _write_video(raw / "b.mp4", _face_frames(21), 25, None)
+    (raw / "c.mp4").write_bytes(talk.read_bytes())
+    r = _build(raw, out)
+    assert (r.done, r.rejected) == (["a.mp4", "c.mp4"], {"b.mp4": "no audio"})
+    assert _clip_ids(out) == {"a.mp4": "00001", "b.mp4": "rejected", "c.mp4": "00002"}
+    clips = out / "square" / "speech"
+    assert sorted(p.name for p in clips.iterdir()) == ["00001", "00002", "prepare_state.json"]  # no .work/ left
+    mtime = (clips / "00002" / "images" / "frame_0.png").stat().st_mtime_ns
+
+    (raw / "d.mp4").write_bytes(talk.read_bytes())
+    extracted.clear()
+    r = _build(raw, out)
+    assert (r.done, r.skipped, extracted) == (["d.mp4"], ["a.mp4", "b.mp4", "c.mp4"], ["d.mp4"])
+    assert _clip_ids(out)["d.mp4"] == "00003"
+    assert (clips / "00002" / "images" / "frame_0.png").stat().st_mtime_ns == mtime
+    assert (out / "video_square_path.txt").read_text().splitlines() == [
+        str((clips / c).resolve()) for c in ("00001", "00002", "00003")]
+
+    # interrupted right after the id was reserved: the clip still waits in .work/, the rerun only renames it
+    (raw / "e.mp4").write_bytes(talk.read_bytes())
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P.os, "replace", lambda src, dst, replace=P.os.replace: (
+        interrupted(src, dst) if Path(dst).name == "00004" else replace(src, dst)))
+    with pytest.raises(KeyboardInterrupt):
+        _build(raw, out)
+    assert json.loads((clips / "prepare_state.json").read_text())["sources"]["e.mp4"] == {
+        "clip": "00004", "frames": 21, "status": "extracted"}
+    monkeypatch.undo()
+    monkeypatch.setattr(P, "extract_clip", lambda video, *a: extracted.append(video.name) or extract(video, *a))
+    extracted.clear()
+    r = _build(raw, out)
+    assert (r.done, extracted, _clip_ids(out)["e.mp4"]) == (["e.mp4"], [], "00004")
+    _check_clip(clips / "00004", 21, masks=False)
+    assert not (clips / ".work").exists()
+
+
+def test_state_of_the_first_version(tmp_path):
+    """A prepare_state.json of the first builder (no version; rejected videos had used up ids): finished clips keep
+    their ids, the rejection's id is dropped, a new video is numbered after the highest id, a note says so once."""
+    raw, out = tmp_path / "raw", tmp_path / "talking_face_data"
+    raw.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):  # never opened: finished or rejected before
+        (raw / name).write_bytes(b"")
+    _write_video(raw / "d.mp4", _face_frames(21), 25, _speech(0.84))
+    clips = out / "square" / "speech"
+    for c in ("00001", "00003"):
+        (clips / c / "images").mkdir(parents=True)
+    done = {"status": "done", "frames": 21, "no_face_frames": 0}
+    (clips / "prepare_state.json").write_text(json.dumps({"sources": {
+        "a.mp4": {"clip": "00001", **done}, "b.mp4": {"clip": "00002", "status": "rejected", "reason": "no audio"},
+        "c.mp4": {"clip": "00003", **done}}}))
+    r = _build(raw, out)
+    assert (r.done, r.skipped) == (["d.mp4"], ["a.mp4", "b.mp4", "c.mp4"])
+    assert _clip_ids(out) == {"a.mp4": "00001", "b.mp4": "rejected", "c.mp4": "00003", "d.mp4": "00004"}
+    assert len(r.notes) == 1 and "used up clip ids (00002)" in r.notes[0]
+    assert _build(raw, out).notes == []
+    st = json.loads((clips / "prepare_state.json").read_text())
+    (clips / "prepare_state.json").write_text(json.dumps({**st, "version": 3}))
+    with pytest.raises(ValueError, match="newer dataset builder"):
+        _build(raw, out)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +255,7 @@ def test_builder_with_masks_resumable(raw_videos, built_with_masks):
     assert state["empty_room.mp4"]["reason"] == "no face (in any frame)"
     talk = state["talk.mp4"]
     assert talk["status"] == "done" and talk["frames"] == 30
+    assert talk["clip"] == "00001"  # empty_room.mp4 sorts first, but a rejection in the mask step takes no id either
     assert 1 <= talk["no_face_frames"] <= 3  # the grey tail: kept, empty masks, reported
     assert "frames without a face: talk.mp4" in r.stdout
     clip = clips / talk["clip"]
@@ -185,7 +275,7 @@ def test_builder_with_masks_resumable(raw_videos, built_with_masks):
     mtime = (clip / "images" / "frame_0.png").stat().st_mtime_ns
     r = _run(raw_videos, out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "1 clips finished, 3 already processed" in r.stdout
+    assert "1 clips finished, 3 already processed" in r.stdout and "note:" not in r.stdout
     assert (clip / "lip_masks" / "frame_5.png").is_file()
     assert (clip / "images" / "frame_0.png").stat().st_mtime_ns == mtime
     r = _run(raw_videos, out)

@@ -2,7 +2,8 @@
 
     python -m wan.data.prepare --videos raw_videos/ --out talking_face_data --bucket square [--category speech]
 
-writes, per accepted video (clip ids in the sorted order of the file names, new videos appended):
+writes, per accepted video (clip ids 00001, 00002, ... without gaps in the sorted order of the file names, new
+videos appended; a rejected video takes no id):
 
     talking_face_data/<bucket>/<category>/00001/
         sub_clip.mp4            the clip at the bucket size (H.264 + AAC), read only for its fps by the loader
@@ -15,13 +16,18 @@ writes, per accepted video (clip ids in the sorted order of the file names, new 
 Frames: resampled to `--fps` (default 25, the inference rate; frames dropped/repeated on the time axis), centre-
 cropped to the bucket's aspect ratio and resized to 512×512 (square), 832×480 (rec) or 480×832 (vec) (W×H).
 
-Rejected (reported, folder removed, remembered so a rerun skips them): no video/audio track, fewer than
+Rejected (reported, remembered so a rerun skips them, no clip id used up): no video/audio track, fewer than
 `--min_frames` frames (default 81 = one training window), no face in any frame or in more than
 `--max_no_face` of the frames. Frames without a face inside an accepted clip get empty masks and are counted in
 the report.
 
-Resumable: `<bucket>/<category>/prepare_state.json` records every source's clip id and stage; finished and
-rejected videos are skipped, a half-written clip is redone, masks already written are kept.
+A clip is built in `<bucket>/<category>/.work/<source name>/` and renamed to the next free id only once it is
+accepted (after its masks), so the kept clips are numbered without gaps.
+
+Resumable: `<bucket>/<category>/prepare_state.json` records every source's stage (and its clip id once it has
+one); finished and rejected videos are skipped, a half-written clip is redone, masks already written are kept.
+States of the first version (where rejected videos had used up ids) are read as they are: their clips keep their
+ids, the ids their rejections had taken are freed, new clips get the next ids.
 
 Masks need mediapipe 0.10.21, which lives in its own venv (`bash scripts/setup_preprocess_env.sh`). When
 mediapipe is not importable here the mask step runs as a subprocess with that venv's python
@@ -70,28 +76,49 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     no_face_frames: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class State:
-    """`prepare_state.json`: source file name → {"clip": "00001", "status": extracted|done|rejected, ...}."""
+    """`prepare_state.json`: {"version": 2, "sources": {source file name → entry}}. An entry is
+    {"status": "extracted", "frames"} while its clip waits in `.work/` for masks, {"status": "done", "clip": "00001",
+    "frames", "no_face_frames"} once accepted, {"status": "rejected", "reason"} (no clip id). An entry may hold its
+    "clip" before "done": the id is reserved just before the clip is renamed to it (an interrupted run resumes
+    there)."""
+
+    VERSION = 2
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict[str, dict] = json.loads(path.read_text())["sources"] if path.is_file() else {}
+        data = json.loads(path.read_text()) if path.is_file() else {"version": self.VERSION, "sources": {}}
+        version = data.get("version", 1)  # version 1 (no key): every source took an id when first seen
+        if version > self.VERSION:
+            raise ValueError(f"{path} was written by a newer dataset builder (state version {version}); update "
+                             "this checkout or build into another --out")
+        self.entries: dict[str, dict] = data["sources"]
+        self.upgraded = version < self.VERSION
+        self.freed_ids: list[str] = []  # ids that version-1 rejections had used up (their folders were removed)
+        for e in self.entries.values():
+            if e.get("status") == "rejected" and "clip" in e:
+                self.freed_ids.append(e.pop("clip"))
 
-    def clip_id(self, source: str) -> str:
-        if source not in self.entries:
-            used = [int(e["clip"]) for e in self.entries.values()]
-            self.entries[source] = {"clip": str(max(used, default=0) + 1).zfill(5), "status": "new"}
-        return self.entries[source]["clip"]
+    def next_clip_id(self) -> str:
+        """One past the highest id of the state and of the clip folders beside it (never a folder we do not own)."""
+        used = [int(e["clip"]) for e in self.entries.values() if "clip" in e]
+        used += [int(p.name) for p in self.path.parent.iterdir() if p.is_dir() and p.name.isdigit()]
+        return str(max(used, default=0) + 1).zfill(5)
 
     def set(self, source: str, **kv) -> None:
-        self.entries[source].update(kv)
+        self.entries.setdefault(source, {}).update(kv)
+        self.save()
+
+    def reject(self, source: str, reason: str) -> None:
+        self.entries[source] = {"status": "rejected", "reason": reason}
         self.save()
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.part")
-        tmp.write_text(json.dumps({"sources": self.entries}, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps({"version": self.VERSION, "sources": self.entries}, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
 
 
@@ -237,31 +264,50 @@ def prepare(opts: Options) -> Report:
     if not videos:
         raise ValueError(f"--videos {opts.videos} holds no video files ({', '.join(VIDEO_EXTENSIONS)})")
 
+    if state.upgraded:
+        state.save()  # as version 2, so the note below is given once
+        if state.freed_ids:
+            report.notes.append(
+                f"{STATE_FILE} came from an earlier builder, where rejected videos used up clip ids "
+                f"({M.id_ranges(int(c) for c in state.freed_ids)}): existing clips keep their ids (gaps stay), "
+                "new clips are numbered after the highest one")
+    work = root / ".work"  # clips wait here, without an id, until they are accepted
+
+    def discard(src: str, reason: str, *dirs: Path) -> None:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        clip = state.entries.get(src, {}).get("clip")
+        if clip:  # an id reserved by an interrupted run, or a finished clip whose frames were deleted
+            shutil.rmtree(root / clip, ignore_errors=True)
+        state.reject(src, reason)
+        report.rejected[src] = reason
+
+    # 1. extract every new video into .work/<name>/ (a rejection here takes no id)
     to_mask: dict[str, Path] = {}
     for video in _bar(videos, opts.progress, desc=f"extract {opts.bucket}/{opts.category}", unit="video"):
         src = video.name
-        clip_dir = root / state.clip_id(src)
-        entry = state.entries[src]
-        if entry["status"] == "rejected" or (entry["status"] == "done" and (clip_dir / "images").is_dir()):
+        entry = state.entries.get(src, {})
+        status, clip = entry.get("status"), entry.get("clip")
+        if status == "rejected" or (status == "done" and clip and (root / clip / "images").is_dir()):
             report.skipped.append(src)
             continue
-        if entry["status"] == "extracted" and (clip_dir / "sub_clip.mp4").is_file():
-            to_mask[src] = clip_dir
+        staged = work / src
+        ready = [d for d in (staged, *([root / clip] if clip else [])) if (d / "sub_clip.mp4").is_file()]
+        if status == "extracted" and ready:  # interrupted in the mask step or in the rename (or a version-1 state)
+            to_mask[src] = ready[0]
             continue
         try:
-            n = extract_clip(video, clip_dir, width, height, opts.fps, opts.min_frames)
+            n = extract_clip(video, staged, width, height, opts.fps, opts.min_frames)
         except ValueError as e:
-            shutil.rmtree(clip_dir, ignore_errors=True)
-            state.set(src, status="rejected", reason=str(e))
-            report.rejected[src] = str(e)
+            discard(src, str(e), staged)
             continue
         state.set(src, status="extracted", frames=n)
-        to_mask[src] = clip_dir
+        to_mask[src] = staged
 
-    if opts.masks:
-        stats = run_masks(list(to_mask.values()), opts.progress)
-    else:
-        stats = {}
+    # 2. masks (one mediapipe start for all clips)
+    stats = run_masks(list(to_mask.values()), opts.progress) if opts.masks else {}
+
+    # 3. accept or reject; an accepted clip gets the next id, in the sorted order of the file names
     for src, clip_dir in to_mask.items():
         s = stats.get(str(clip_dir))
         if opts.masks and s is None:
@@ -274,14 +320,21 @@ def prepare(opts: Options) -> Report:
         elif s and no_face > opts.max_no_face * frames:
             reason = f"no face in {no_face} of {frames} frames (> --max_no_face {opts.max_no_face})"
         if reason:
-            shutil.rmtree(clip_dir, ignore_errors=True)
-            state.set(src, status="rejected", reason=reason)
-            report.rejected[src] = reason
+            discard(src, reason, clip_dir)
             continue
+        clip = state.entries[src].get("clip") or state.next_clip_id()
+        target = root / clip
+        if clip_dir != target:
+            state.set(src, clip=clip)  # reserved before the rename, so an interruption cannot lose or reuse it
+            if target.exists():  # a half-renamed or half-written clip of this source
+                shutil.rmtree(target)
+            os.replace(clip_dir, target)
         state.set(src, status="done", frames=frames, no_face_frames=no_face)
         report.done.append(src)
         if no_face:
             report.no_face_frames[src] = no_face
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
     write_path_list(opts.out, opts.bucket)
     return report
 
@@ -293,6 +346,8 @@ def print_report(report: Report, opts: Options) -> None:
         print(f"  kept with empty masks on {n} frames without a face: {src}")
     for src, why in sorted(report.rejected.items()):
         print(f"  rejected {src}: {why}")
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"state and all earlier rejections: {opts.out / opts.bucket / opts.category / STATE_FILE}")
 
 
