@@ -7,7 +7,6 @@ the builder's mask step needs the preprocess venv (skips without it, see tests/t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
