@@ -173,7 +173,7 @@ def generate(models: Models, reference: str | None, audio: str | None, prompt: s
 
     stage("encoding the prompt, the image and the audio")
     tm = render(pipe, req, audio_16k, args, device=device, dtype=dtype, on_step=step_done)
-    tm.update(seed=seed, output_dir=req.output_dir, width=width, height=height)
+    tm.update(seed=seed, output_dir=req.output_dir, width=width, height=height, steps=req.steps)
     return tm
 
 
@@ -181,8 +181,8 @@ def describe(tm: dict | None) -> str:
     """The result line under the video."""
     if not tm:
         return ""
-    return (f"{tm['frames']} frames, {tm['width']}x{tm['height']}, seed {tm['seed']}; denoising "
-            f"{tm.get('denoise_s', 0):.1f} s, in all {tm['render_s']:.1f} s; saved in `{tm['output_dir']}`")
+    return (f"{tm['frames']} frames, {tm['width']}x{tm['height']}, {tm['steps']} steps, seed {tm['seed']}; "
+            f"denoising {tm.get('denoise_s', 0):.1f} s, in all {tm['render_s']:.1f} s; saved in `{tm['output_dir']}`")
 
 
 def extract_audio(video: str | None, output_root: str) -> str:
@@ -265,7 +265,7 @@ def build_app(args: argparse.Namespace, models: Models):
                             memory_mode = gr.Dropdown(
                                 list(MEMORY_MODES), value=args.GPU_memory_mode, label="GPU memory mode",
                                 interactive=not cpu_only,
-                                info="the CPU has only model_full_load" if cpu_only else
+                                info="on the CPU the models stay in memory (model_full_load)" if cpu_only else
                                      "another mode reloads the models on the next request (README: GPU memory modes)")
                             gr.Markdown(_model_summary(args))
                         run = gr.Button("Generate", variant="primary", elem_id="generate")
