@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         ctx = init_parallel(parallel_layout(args, world, plan, get_config(args.model_spec)), device_type=device.type)
         device = ctx.device
         log.info("parallel layout: %s over %d processes", ctx.layout, world)
-    pipe = load_pipeline(args, device, dtype, ctx)
+    pipe = load_pipeline(args, device, dtype, ctx, keep_text_encoder=False)  # one video: umT5 freed after the prompts
     load_s = time.perf_counter() - t0
     log.info("checks and model loading took %.1f s", load_s)
 

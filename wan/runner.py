@@ -116,7 +116,7 @@ def check_model_flags(args: argparse.Namespace, parallel: bool) -> None:
     from wan.configs import CONFIGS
 
     if (args.fast or args.enable_teacache or args.fp8) and args.GPU_memory_mode not in ("model_full_load",
-                                                                                         "model_cpu_offload"):
+                                                                                         "model_cpu_offload", "auto"):
         raise ValueError(f"--fast / --fp8 / --enable_teacache work with --GPU_memory_mode model_full_load or "
                          f"model_cpu_offload, not {args.GPU_memory_mode}")
     if args.enable_teacache and parallel:
@@ -250,7 +250,7 @@ def resolve_device(args: argparse.Namespace):
     if device.type == "cpu" and dtype != torch.float32:
         raise ValueError("--dtype bf16 needs a CUDA device (CPU autocast cannot run the original's float32 norms); "
                          "use --dtype auto or fp32 on the CPU")
-    if device.type == "cpu" and args.GPU_memory_mode != "model_full_load":
+    if device.type == "cpu" and args.GPU_memory_mode not in ("model_full_load", "auto"):
         raise ValueError(f"--GPU_memory_mode {args.GPU_memory_mode} needs a CUDA device")
     return device, dtype
 
@@ -280,22 +280,32 @@ def log_environment(device, dtype, args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_pipeline(args: argparse.Namespace, device, dtype, ctx=None):
+def load_pipeline(args: argparse.Namespace, device, dtype, ctx=None, keep_text_encoder: bool = True):
     """Build the pipeline from the weights, merge a LoRA, apply the memory mode, the parallel layout (`ctx`) and the
-    speed options — everything `inference.py` and `app.py` share."""
+    speed options — everything `inference.py` and `app.py` share. `--GPU_memory_mode auto` is resolved here (and
+    `args.GPU_memory_mode` set to the mode chosen). keep_text_encoder=False (one-shot runs) frees umT5 once the
+    prompts are encoded; a process that generates more than once keeps it."""
     from wan.configs import get_config
-    from wan.memory import apply_memory_mode
+    from wan.memory import FASTEST_FIRST, apply_memory_mode, resolve_memory_mode
     from wan.pipeline import StableAvatarPipeline
 
-    offload = args.GPU_memory_mode != "model_full_load"
+    if args.GPU_memory_mode == "auto":
+        fast = args.fast or args.enable_teacache or args.fp8
+        args.GPU_memory_mode, why = resolve_memory_mode(
+            "auto", device, getattr(args, "width", DEFAULTS.width), getattr(args, "height", DEFAULTS.height),
+            getattr(args, "clip_sample_n_frames", DEFAULTS.clip_sample_n_frames),
+            allowed=FASTEST_FIRST[:2] if fast else FASTEST_FIRST)
+        log.info("--GPU_memory_mode auto: %s (%s)", args.GPU_memory_mode, why)
+    # every model loads on the CPU (memory-mapped where the file allows) and the memory mode places it: umT5 never
+    # sits on the GPU whole, not even while loading
     pipe = StableAvatarPipeline.from_checkpoints(
         args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path,
-        device=device, dtype=dtype, load_device="cpu" if offload else device, spec=get_config(args.model_spec))
+        device=device, dtype=dtype, load_device="cpu", spec=get_config(args.model_spec))
     if args.lora_path:  # merged before the memory mode, so qfloat8 quantises the merged weights
         from wan.checkpoints.lora import apply_lora
 
         apply_lora(pipe.dit, args.lora_path, merge=True)
-    apply_memory_mode(pipe, args.GPU_memory_mode)
+    apply_memory_mode(pipe, args.GPU_memory_mode, keep_text_encoder=keep_text_encoder)
     if ctx is not None:
         from wan.distributed import apply_parallel
 
@@ -365,6 +375,11 @@ def render(pipe, req: Request, audio, args: argparse.Namespace, *, progress: boo
             loaded = state.load(req.steps)
             if loaded is not None:
                 start, latents = loaded
+    teacache = getattr(getattr(pipe.dit, "_fast_state", None), "teacache", None)
+    if teacache is not None:  # built for --sample_steps; a jobs-file line or an app request may ask for other steps
+        teacache.num_steps = req.steps
+        teacache.num_skip_start_steps = min(getattr(args, "num_skip_start_steps", 0), req.steps)
+        teacache.reset()
 
     def step_done(done: int, lat) -> None:
         if state is not None and is_main:

@@ -96,6 +96,8 @@ class WanVAE(nn.Module):
                       tile_sample_stride_height: int | None = None, tile_sample_stride_width: int | None = None) -> None:
         """Spatial tiles with blended overlaps (diffusers' defaults: 256 px tiles, stride 192) for encode and
         decode of frames larger than one tile. Saves memory; NOT numerically the original (seams are blended)."""
+        if self.halo_tile is not None:
+            raise ValueError("diffusers' tiling and halo tiling exclude each other; disable_halo_tiling() first")
         self.vae.enable_tiling(tile_sample_min_height, tile_sample_min_width,
                                tile_sample_stride_height, tile_sample_stride_width)
 
