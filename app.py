@@ -392,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocal_model", default="checkpoints/Kim_Vocal_2.onnx",
                    help="the MDX-Net vocal model for the vocal separation tab")
     g.add_argument("--server_name", default="127.0.0.1", help="0.0.0.0 serves the local network")
-    g.add_argument("--server_port", type=int, default=7860)
+    g.add_argument("--server_port", type=int, default=7860, help="the port to serve on")
     g.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
-    p.set_defaults(no_resume=True)  # every request has its own folder: a render state would never be resumed
+    # every request has its own folder: a render state would never be resumed; --enable_teacache's cache is built
+    # for the default steps, render() sets each request's
+    p.set_defaults(no_resume=True, sample_steps=DEFAULTS.sample_steps)
     return p
 
 
