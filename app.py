@@ -208,13 +208,18 @@ def separate_vocals(audio: str | None, model_path: str, output_root: str) -> str
 # ------------------------------------------------------------------------------------------------ the page
 
 
+def is_user_error(e: Exception) -> bool:
+    """A wrong input, flag or weight file: its message says what to fix (anything else is a bug)."""
+    from wan.checkpoints import CheckpointError
+
+    return isinstance(e, (ValueError, FileNotFoundError, ImportError, CheckpointError))
+
+
 def _user_error(e: Exception):
     """The exception as a message in the page (never a traceback); unexpected ones are logged with theirs."""
     import gradio as gr
 
-    from wan.checkpoints import CheckpointError
-
-    if isinstance(e, (ValueError, FileNotFoundError, ImportError, CheckpointError)):
+    if is_user_error(e):
         text = str(e)
     else:
         log.exception("request failed")
@@ -407,15 +412,8 @@ def cli(argv: list[str] | None = None) -> int:
         return main(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        if os.environ.get("STABLEAVATAR_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except Exception as e:
-        from wan.checkpoints import CheckpointError
-
-        if os.environ.get("STABLEAVATAR_DEBUG") or not isinstance(e, CheckpointError):
+        if os.environ.get("STABLEAVATAR_DEBUG") or not is_user_error(e):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
