@@ -41,6 +41,12 @@ def pipe(tree):
     return load(tree)
 
 
+@pytest.fixture(scope="module")
+def reference(pipe):
+    """Final latents and decoded frames of the tiny run in model_full_load (the plain pipeline)."""
+    return generate(pipe)
+
+
 @pytest.fixture
 def cpu_offload(monkeypatch):
     """Let the offload modes run with device "cpu" (their copies are real copies there, see `memory._to_device`)."""
@@ -62,12 +68,12 @@ def generate(pipe, decode: bool = True):
 # --- every exact mode = full load -------------------------------------------------------------------------------
 
 
-def test_modes_give_full_load_latents_bit_for_bit(pipe, cpu_offload):
+def test_modes_give_full_load_latents_bit_for_bit(pipe, reference, cpu_offload):
     """model_cpu_offload and sequential_cpu_offload (umT5 visiting with its embedding on the host, DiT blocks
     streamed, guidance branches one at a time, halo-tiled VAE in 2 x 2 tiles, 1 latent frame per decode step) give
     full load's final latents bit for bit; the decoded frames agree up to float rounding (a halo tile's convs run on
     other shapes than the whole frame's: measured max |diff| 1.5e-6 here)."""
-    ref, ref_frames = generate(pipe)
+    ref, ref_frames = reference
     calls = []
     # a forward hook registered before the modes' hooks: it runs while the block still holds its streamed copy
     hook = pipe.dit.blocks[0].register_forward_hook(
@@ -97,6 +103,7 @@ def test_modes_give_full_load_latents_bit_for_bit(pipe, cpu_offload):
     assert all(ptr != host_ptr for _, ptr in calls)
     assert next(pipe.dit.blocks[0].parameters()).data_ptr() == host_ptr
     assert not pipe.dit.blocks[0]._forward_pre_hooks and pipe.vae.halo_tile is None and pipe.guidance_batch == 3
+    assert pipe.text_encoder is not None  # keep_text_encoder=True (the default) keeps it for the next video
 
 
 def test_offload_modes_need_cuda(pipe):
@@ -167,18 +174,14 @@ def test_text_encoder_visit_keeps_the_embedding_on_the_host(pipe):
     assert not te._forward_pre_hooks and not host[0]._forward_hooks and not blocks[0]._forward_pre_hooks
 
 
-def test_one_shot_run_frees_the_text_encoder(tree, cpu_offload):
+def test_one_shot_run_frees_the_text_encoder(tree, reference, cpu_offload):
     """keep_text_encoder=False: same latents, the encoder (module and weights) is gone after the prompts, and a
-    second generate() says why it cannot run. keep_text_encoder=True keeps it for the next video."""
+    second generate() says why it cannot run."""
     pipe = load(tree)
-    ref, _ = generate(pipe, decode=False)
-    apply_memory_mode(pipe, "sequential_cpu_offload", keep_text_encoder=True)
-    assert torch.equal(generate(pipe, decode=False)[0], ref) and pipe.text_encoder is not None
-
     apply_memory_mode(pipe, "sequential_cpu_offload", keep_text_encoder=False)
     module, weight = weakref.ref(pipe.text_encoder), weakref.ref(pipe.text_encoder.model.encoder.block[0]
                                                                  .layer[1].DenseReluDense.wo.weight)
-    assert torch.equal(generate(pipe, decode=False)[0], ref)
+    assert torch.equal(generate(pipe, decode=False)[0], reference[0])
     gc.collect()
     assert pipe.text_encoder is None and module() is None and weight() is None
     with pytest.raises(ValueError, match="freed .* keep_text_encoder=True"):

@@ -1,31 +1,35 @@
-"""GPU memory modes, applied from outside to a built StableAvatarPipeline (the models stay pure).
+"""GPU memory modes, applied from outside to a built StableAvatarPipeline (the models stay pure). `PLANS` says what
+each mode does:
 
-| mode | where the models live | DiT | guidance | VAE | numerics |
-| --- | --- | --- | --- | --- | --- |
-| model_full_load | on the GPU all run long (umT5: see below) | resident | batch 3 | whole frames, 4 latent frames per decode step | reference |
-| model_cpu_offload | on the CPU; each visits the GPU for its stage | moved whole for the denoising loop | batch 3 | whole frames, 1 latent frame per decode step | identical latents |
-| sequential_cpu_offload | on the CPU; each visits the GPU for its stage | 30 blocks streamed from pinned memory, block k+1 copied on a side stream while block k runs | the 3 branches one after the other through the blocks | halo tiles of <= 256 px (exact up to float rounding), 1 latent frame per decode step | identical latents (CPU, bit for bit); frames equal up to float rounding |
-| model_cpu_offload_and_qfloat8 | as model_cpu_offload, every DiT tensor whose name lacks "modulation" stored as float8_e4m3fn and cast per module call (the original's qfloat8) | | batch 3 | as model_cpu_offload | changes outputs |
+* model_full_load: every model on the GPU all run long (umT5 aside, see below); one batch-3 DiT forward per window.
+  The reference.
+* model_cpu_offload: models live on the CPU and each visits the GPU for its stage; the VAE decodes one latent frame
+  per step. Same latents as full load.
+* sequential_cpu_offload: as model_cpu_offload, and the DiT's 30 blocks stream from pinned memory (block k+1 copied
+  on a side stream while block k runs: `BlockStreamer`), the three guidance branches go through the blocks one
+  after the other (`forward_branches`: a third of the activations), the VAE works in exact halo tiles of <= 256 px
+  (`WanVAE.enable_halo_tiling`). Same latents as full load (CPU: bit for bit); frames equal up to float rounding.
+* model_cpu_offload_and_qfloat8: as model_cpu_offload, every DiT tensor whose name lacks "modulation" stored as
+  float8_e4m3fn and cast per module call (the original's qfloat8). Changes outputs.
 
-The umT5 text encoder (10.6 GiB of bf16 weights, used once per `generate()`) never sits on the GPU whole: on CUDA,
-in every mode, it visits the GPU for the text stage with its 24 blocks streamed one at a time (prefetched) and its
-2 GiB shared embedding looked up on the CPU (a gather: the same bits), so the text stage needs about two blocks on
-top of what the mode keeps resident. `offload_text_encoder=False` keeps the original's resident encoder in
-model_full_load.
+umT5 (10.6 GiB of bf16 weights, used once per `generate()`) never sits on the GPU whole: on CUDA, in every mode, it
+visits the GPU for the text stage with its 24 blocks streamed (`BlockStreamer`) and its 2 GiB embedding looked up on
+the CPU (a gather: the same bits), so the text stage needs about two blocks on top of what the mode keeps resident.
+`offload_text_encoder=False` keeps the original's resident encoder in model_full_load.
 
-Host memory: a long-lived process (the app, a jobs file) keeps the encoder in pinned CPU memory between
-`generate()` calls (`keep_text_encoder=True`, the default). A one-shot run passes `keep_text_encoder=False`: the
-encoder is not pinned, streams from where it was loaded, and is freed right after the prompts are encoded (a
-second `generate()` then raises a ValueError saying so).
+Host memory: a long-lived process (the app, a jobs file) keeps umT5 in pinned CPU memory between `generate()` calls
+(`keep_text_encoder=True`, the default). A one-shot run passes `keep_text_encoder=False`: umT5 is not pinned, streams
+from where it was loaded, and is freed right after the prompts are encoded (a second `generate()` raises a
+ValueError saying so).
 
-`choose_memory_mode` picks the fastest mode whose estimated peak fits the free GPU memory (`--GPU_memory_mode auto`).
+`--GPU_memory_mode auto`: `resolve_memory_mode` / `choose_memory_mode` pick the fastest mode whose estimated peak
+(`estimate_peaks`) fits the free GPU memory, before the models load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import math
 from dataclasses import dataclass
 
 import torch
@@ -473,15 +477,3 @@ def resolve_memory_mode(mode: str, device: torch.device, width: int, height: int
         return "model_full_load", f"{device.type}: no GPU memory to save"
     free, _ = torch.cuda.mem_get_info(device)
     return choose_memory_mode(free, width, height, clip_length, allowed)
-
-
-def host_rss_gib() -> float:
-    """This process's resident host memory now (Linux /proc; NaN elsewhere) — unlike ru_maxrss, not the peak."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except OSError:
-        return math.nan
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / GIB
