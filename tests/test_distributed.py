@@ -251,7 +251,7 @@ def test_torchrun_inference_writes_one_identical_video(tree, tmp_path):
     assert a.shape == b.shape, (a.shape, b.shape)
     d = np.abs(a - b)
     assert not d.any(), (f"{(d.reshape(len(d), -1).max(1) > 0).sum()} of {len(d)} frames differ (max {d.max()}, "
-                         f"{(d > 0).mean():.2%} of the values); the window-parallel latents must equal the 1-process ones")
+                         f"{(d > 0).mean():.2%} of the values); window-parallel must give the 1-process latents")
 
 
 _FAILING_RANK = r"""
