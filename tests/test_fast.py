@@ -1,4 +1,5 @@
-"""The opt-in fast DiT forward (wan/models/fast.py): same function as the reference, no less precise in bf16."""
+"""The DiT's fast numerics (`set_numerics("fast")`, `wan.models.fast.enable_fast`): same function as the reference,
+no less precise in bf16; TeaCache (wan/models/teacache.py) and fp8 (wan/models/fp8.py), both approximate."""
 
 import warnings
 
@@ -7,8 +8,8 @@ import torch
 
 from wan.bench import dit_inputs
 from wan.configs import get_config
-from wan.models.dit import WanTransformer3DFantasyModel
-from wan.models.fast import disable_fast, enable_fast, is_fast, rope_real
+from wan.models.dit import WanTransformer3DFantasyModel, rope_real
+from wan.models.fast import disable_fast, enable_fast, is_fast
 from wan.models.layers import rope_apply, rope_freqs_for_grid
 
 
@@ -65,6 +66,28 @@ def test_fast_float32_equals_reference(case):
     assert is_fast(model)
     fast = run(model, inp, **extra)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)  # float32 rounding only
+
+
+def test_numerics_policy_is_a_model_attribute():
+    """`set_numerics` alone switches the one block forward between the two layouts (enable_fast adds compilation);
+    the state dict and parameters are the same objects either way; an unknown name is refused."""
+    model = random_dit().to(torch.bfloat16)
+    inp = inputs()
+    params = [id(p) for p in model.parameters()]
+    ref = run(model, inp, torch.bfloat16, autocast=True)
+    model.set_numerics("fast")
+    fast = run(model, inp, torch.bfloat16, autocast=True)
+    assert not torch.equal(fast, ref)  # other roundings
+    enable_fast(model, compile=False)
+    assert torch.equal(run(model, inp, torch.bfloat16, autocast=True), fast)
+    disable_fast(model)
+    assert model.numerics == "original" and torch.equal(run(model, inp, torch.bfloat16, autocast=True), ref)
+    model.set_numerics("fast", fp32_residual=False)
+    assert not torch.equal(run(model, inp, torch.bfloat16, autocast=True), fast)
+    model.set_numerics("original")
+    assert [id(p) for p in model.parameters()] == params
+    with pytest.raises(ValueError, match="original, fast"):
+        model.set_numerics("quick")
 
 
 def test_disable_fast_restores_reference_bitwise():
@@ -142,7 +165,7 @@ def test_compile_failure_falls_back_to_eager():
         warnings.simplefilter("always")
         out = run(model, inp)
     assert state.compile_failed and state.compiled is None
-    assert any("eager fast path" in str(w.message) for w in caught)
+    assert any("eager forward" in str(w.message) for w in caught)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
 
@@ -166,7 +189,7 @@ def test_fast_matches_golden(golden):
 # --- TeaCache (approximate, off by default) ----------------------------------------------------------------
 
 def test_teacache_threshold_zero_is_the_exact_path(tiny_pipeline):
-    from wan.models.fast import TeaCache
+    from wan.models.teacache import TeaCache
 
     pipe = tiny_pipeline
     try:
@@ -180,31 +203,115 @@ def test_teacache_threshold_zero_is_the_exact_path(tiny_pipeline):
         disable_fast(pipe.dit)
 
 
-def test_teacache_keeps_one_residual_per_window():
-    """With a huge threshold the middle step is skipped; each window then gets ITS OWN cached residual (the
-    original's state leaks from one window to the next): with unchanged inputs, the blocks' output of a skipped
-    call equals that window's output at the previous computed step."""
-    from wan.models.fast import TeaCache
+def teacache_run(model, tc, order, steps=(987.0, 900.0, 800.0), keys=True):
+    """Call the DiT like the pipeline: for each step, the windows in `order` (two windows of different inputs),
+    with cache_key=(step, window) when `keys`. Returns {(step, window): the blocks' output} (hooked)."""
+    from wan.models.teacache import attach
 
-    model = random_dit()
     inp = inputs()
     windows = [inp, {**inp, "x": inp["x"] * 0.5 + 0.1}]
+    attach(model, tc)
+    seen, outs = [], {}
+    handle = model.blocks[-1].register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    try:
+        for i, t in enumerate(steps):
+            for w in order[i] if isinstance(order[0], tuple) else order:
+                n = len(seen)
+                extra = {"cache_key": (i, w)} if keys else {}
+                out = run(model, {**windows[w], "t": torch.full((3,), t)}, **extra)
+                outs[i, w] = (seen[-1] if len(seen) > n else None, out)
+    finally:
+        handle.remove()
+        attach(model, None)
+    return outs
+
+
+def test_teacache_threshold_zero_with_keys_equals_the_exact_path():
+    from wan.models.teacache import TeaCache
+
+    model = random_dit()
+    exact = teacache_run(model, None, (0, 1))
+    tc = TeaCache(0.0, num_steps=3)
+    cached = teacache_run(model, tc, (0, 1))
+    assert tc.calls == 6 and tc.skipped == 0
+    assert all(torch.equal(cached[key][1], exact[key][1]) for key in exact)
+
+
+@pytest.mark.parametrize("order", [(0, 1), ((0, 1), (1, 0), (0, 1))])
+def test_teacache_keeps_one_residual_per_window_whatever_the_call_order(order):
+    """With a huge threshold the middle step is skipped; each window then gets ITS OWN cached residual (the
+    original's state leaks from one window to the next): with unchanged inputs, a skipped call returns exactly what
+    that window's blocks gave at the previous computed step, also when the windows come in another order."""
+    from wan.models.teacache import TeaCache
+
+    model = random_dit()
+    exact = teacache_run(model, None, order)
     tc = TeaCache(1e9, num_steps=3)
-    enable_fast(model, compile=False, teacache=tc)
-    seen = []
-    model.blocks[-1].register_forward_hook(lambda m, a, out: seen.append(out.clone()))
-    for t in (987.0, 900.0, 800.0):
-        for w in windows:
-            run(model, {**w, "t": torch.full((3,), t)})
+    outs = teacache_run(model, tc, order)
     assert tc.calls == 6 and tc.skipped == 2
-    a0, b0, a1, b1, a2, b2 = seen
-    torch.testing.assert_close(a1, a0, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(b1, b0, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(a1, b1) and not torch.allclose(a2, a1)  # step 2 (the last) is computed
+    for w in (0, 1):
+        assert outs[1, w][0] is None  # the blocks did not run
+        assert torch.equal(outs[0, w][0], exact[0, w][0]) and torch.equal(outs[2, w][1], exact[2, w][1])
+    # the head sees the cached blocks' output: step 1 of window w = the head of window w's step-0 stream at t(1)
+    assert not torch.allclose(outs[1, 0][1], outs[1, 1][1])
+    assert (outs[1, 0][1] - exact[1, 0][1]).abs().max() > 0  # approximate: the step-1 blocks were skipped
+
+
+def test_teacache_explicit_steps_reset_and_resume():
+    """Step 0 starts a new generation; a step that does not follow the previous one (a resumed render) runs;
+    repeated calls with one key (the guidance branches one at a time) keep one residual each."""
+    from wan.models.teacache import TeaCache
+
+    tc = TeaCache(1e9, num_steps=10)
+    runs = []
+
+    def blocks(x):
+        runs.append(x.sum().item())
+        return x + 1
+
+    def call(step, window, value=0.0):
+        x = torch.full((1, 4, 8), value)
+        e0 = torch.full((1, 6, 8), 1.0 + step)
+        return tc(blocks, x, e0, (step, window))
+
+    call(0, 0)
+    call(1, 0)  # skipped: threshold never reached
+    assert len(runs) == 1 and tc.skipped == 1
+    call(5, 0)  # a jump (resumed render): runs
+    assert len(runs) == 2
+    call(6, 0)
+    call(6, 0, value=2.0)  # a second branch of the same window: no residual of its own yet -> runs
+    assert len(runs) == 3
+    call(7, 0)
+    out = call(7, 0, value=3.0)
+    assert len(runs) == 3 and torch.equal(out, torch.full((1, 4, 8), 4.0))  # its own slot's residual (+1)
+    call(0, 0)  # a new generation: nothing cached from the last
+    assert len(runs) == 4 and tc.calls == 1 and tc.skipped == 0
+    for step in range(1, 9):
+        call(step, 0)
+    assert len(runs) == 4 and tc.skipped == 8
+    call(9, 0)  # the last step always runs
+    assert len(runs) == 5
+
+
+def test_teacache_without_keys_infers_them_from_the_call_order():
+    """Until the pipeline passes cache_key, the call order says which window a call is (one warning)."""
+    from wan.models.teacache import TeaCache
+
+    model = random_dit()
+    exact = teacache_run(model, None, (0, 1), keys=False)
+    tc = TeaCache(1e9, num_steps=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = teacache_run(model, tc, (0, 1), keys=False)
+    assert sum("cache_key" in str(w.message) for w in caught) == 1
+    assert tc.calls == 6 and tc.skipped == 2
+    assert outs[1, 0][0] is None and outs[1, 1][0] is None
+    assert torch.equal(outs[2, 1][1], exact[2, 1][1])
 
 
 def test_teacache_rejects_bad_settings():
-    from wan.models.fast import TeaCache
+    from wan.models.teacache import TeaCache
 
     with pytest.raises(ValueError, match="threshold"):
         TeaCache(-0.1, 10)
@@ -310,7 +417,7 @@ def test_gpu_text_encoder_visit_frees_memory_and_fast_compiles():
 
 
 def test_quantize_fp8_rows_round_trip():
-    from wan.models.fast import FP8_DTYPE, quantize_fp8_rows
+    from wan.models.fp8 import FP8_DTYPE, quantize_fp8_rows
 
     x = torch.randn(7, 64) * torch.logspace(-3, 3, 7).unsqueeze(1)  # rows of very different magnitude
     x[3] = 0
@@ -325,27 +432,33 @@ def test_quantize_fp8_rows_round_trip():
 
 def test_fp8_is_approximate_close_and_leaves_the_model_alone():
     """fp8 (APPROXIMATE, opt-in): a real quantization (output differs from the exact fast path) that stays close
-    to the float32 forward, with the model's weights and state dict untouched and `disable_fast` restoring the
-    reference bit for bit."""
+    to the float32 forward, with the model's parameters (the same objects), state dict and reference forward
+    untouched, and `disable_fast` restoring the reference bit for bit."""
+    from wan.models.fp8 import FP8_DTYPE, Fp8Linear, is_fp8
+
     model = random_dit(0)
     inp = inputs()
     ref32 = run(model, inp)
     model = model.to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
     ref = run(model, inp, torch.bfloat16, autocast=True)
     enable_fast(model, compile=False)
     exact = run(model, inp, torch.bfloat16, autocast=True)
-    state = enable_fast(model, compile=False, fp8=True)
+    enable_fast(model, compile=False, fp8=True)
     fp8 = run(model, inp, torch.bfloat16, autocast=True)
-    assert len(state._fp8) == len(model.blocks)
-    assert state._fp8[0]["qkv"][0].dtype == torch.float8_e4m3fn
+    assert is_fp8(model) and isinstance(model.blocks[-1].ffn[2], Fp8Linear)
+    assert model.blocks[0].self_attn.q.weight_fp8.dtype == FP8_DTYPE
+    assert not isinstance(model.blocks[0].cross_attn.k, Fp8Linear)  # context-side projections stay
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == list(before)
     assert not torch.equal(fp8, exact)
     err, exact_err = rel_err(fp8, ref32), rel_err(exact, ref32)
     assert exact_err < err < 0.1, (err, exact_err)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     disable_fast(model)
+    assert not is_fp8(model) and type(model.blocks[0].self_attn.q) is torch.nn.Linear
+    assert [id(p) for p in model.parameters()] == params
     assert torch.equal(run(model, inp, torch.bfloat16, autocast=True), ref)
-
 
 
 def test_rope_table_is_built_once_per_grid_and_usable_with_autograd():

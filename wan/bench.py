@@ -6,7 +6,8 @@
     python -m wan.bench pipeline --sizes 480x832 --seconds 5 --steps 50 [--memory_mode model_cpu_offload]
     python -m wan.bench vae --sizes 480x832 --frames 81 [--dtype fp32] [--chunk 4]
     python -m wan.bench encoders --sizes 480x832 [--dtype bf16]
-    python -m wan.bench attention --sizes 480x832 512x512      # SDPA layouts/backends at the DiT's shape
+    python -m wan.bench attention --sizes 480x832 512x512      # SDPA layouts/backends (and FA3) at the DiT's shape
+    [--attention auto|fa3|sdpa]  (every command: the attention backend, wan.models.attention.set_backend)
 
 Real-size models are built directly on the GPU with random weights (never a CPU init of 1.7 B parameters) and
 timed with CUDA events after warm-up; the median of `--runs` is reported with the peak memory. Sizes are W x H.
@@ -351,6 +352,7 @@ def bench_attention(args) -> list[dict]:
     (4*B*H*S^2*D flops per call)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from wan.models import attention as attn
     from wan.models.attention import attention
 
     device = torch.device(args.device)
@@ -384,7 +386,16 @@ def bench_attention(args) -> list[dict]:
     def contiguous(q, k, v):
         return views(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)))
 
-    run("entry point (BSHD views, + flatten copy)", lambda q, k, v: attention(q, k, v).flatten(2), s)
+    chosen = attn.backend_for(device, torch.bfloat16, d)
+    run(f"entry point ({chosen}, + flatten)", lambda q, k, v: attention(q, k, v).flatten(2), s)
+    fa3 = attn.load_fa3()
+    if chosen != "fa3" and not isinstance(fa3, str) and attn.fa3_unsupported(device, torch.bfloat16, d, fa3) is None:
+        requested = attn.get_backend()
+        attn.set_backend("fa3")
+        try:
+            run("entry point (--attention fa3, + flatten)", lambda q, k, v: attention(q, k, v).flatten(2), s)
+        finally:
+            attn.set_backend(requested)
     run("BSHD transposed views", views, s)
     run("BHSD contiguous (copies included)", contiguous, s)
     run("BSHD views fp16", views, s, torch.float16)
@@ -527,7 +538,11 @@ def _component_line(r: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
+    from wan.models.attention import describe_backend, set_backend
+
     results = []
+    set_backend(getattr(args, "attention", "auto"))
+    print(f"attention: {describe_backend(args.device)}", flush=True)
     if args.dtype is None:  # as at inference: the VAE in float32, everything else in bf16
         args.dtype = "fp32" if args.what == "vae" else "bf16"
     bench = {"dit": bench_dit, "dit_precision": bench_dit_precision, "pipeline": bench_pipeline, "vae": bench_vae,
@@ -563,7 +578,8 @@ def main(args: argparse.Namespace) -> None:
               f"median {r['median_s']:.3f} s (min {r['min_s']:.3f}, {r['runs']} runs)"
               + (f", peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
+        meta = {"date": time.strftime("%Y-%m-%d"), "attention": describe_backend(args.device)}
+        Path(args.json).write_text(json.dumps({**meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
@@ -583,6 +599,8 @@ if __name__ == "__main__":
     p.add_argument("--overlap", type=int, default=5, help="pipeline: overlap_window_length")
     p.add_argument("--memory_mode", default="model_full_load", help="pipeline: GPU memory mode")
     p.add_argument("--chunk", type=int, default=4, help="vae: latent frames per streamed-decode step")
+    p.add_argument("--attention", default="auto", choices=["auto", "fa3", "sdpa"],
+                   help="attention backend (wan.models.attention.set_backend)")
     p.add_argument("--fast", action="store_true", help="dit, pipeline: wan.models.fast.enable_fast on the DiT")
     p.add_argument("--no_compile", action="store_true", help="with --fast / dit_precision: no torch.compile")
     p.add_argument("--fp8", action="store_true",

@@ -6,6 +6,18 @@ Parameter names are the original's (`blocks.3.cross_attn.k_vocal.weight`, ...), 
 Precision: the model is meant to run like the original, i.e. bf16 weights under
 `torch.autocast("cuda", dtype=torch.bfloat16)`; the fp32 islands are explicit and local (timestep MLP,
 norm statistics, RoPE in float64). In float32 without autocast (the golden fixtures) every cast is a no-op.
+
+Numerics policy (`set_numerics`), the same blocks either way:
+* "original" (default): the original's layout, golden-tested: every op of a block rounds to the model dtype
+  (bf16 on the GPU), RoPE through complex128.
+* "fast": the same function with fewer roundings: norm -> modulation, RMS-norm -> RoPE, gate -> residual and the
+  sum of the three cross-attention outputs each round ONCE, at the end, in float32 before that; RoPE with float32
+  cos/sin tables (the float64 table rounded once; padding rows cos 1 / sin 0, i.e. unrotated) in real arithmetic;
+  under autocast the residual stream stays float32 between blocks (`fp32_residual`, the reference's three bf16
+  roundings per block are the largest avoidable error of its bf16 forward), and the stream is made contiguous
+  once before block 0 (`patchify` hands over a transposed view). In float32 it equals "original" up to float32
+  rounding; in bf16 it is more precise (tests/test_fast.py). `wan.models.fast.enable_fast` sets it and compiles
+  the blocks.
 """
 
 from __future__ import annotations
@@ -23,6 +35,67 @@ from wan.models.attention import attention
 from wan.models.layers import WanLayerNorm, WanRMSNorm, rope_apply, rope_freqs_for_grid, sinusoidal_embedding_1d
 from wan.models.vocal import VocalProjector
 
+NUMERICS = ("original", "fast")
+
+
+# --- the two precision layouts of one block forward (`fast`: see the module docstring) ----------------------------
+
+def _norm(norm: nn.Module, x: Tensor, fast: bool) -> Tensor:
+    """A block's (Wan)LayerNorm or Identity: rounded to x's dtype (original) or float32, unrounded (fast)."""
+    if not fast:
+        return norm(x)
+    if isinstance(norm, nn.Identity):
+        return x.float()
+    w = None if norm.weight is None else norm.weight.float()
+    b = None if norm.bias is None else norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps)
+
+
+def _rms(norm: nn.Module, x: Tensor, fast: bool) -> Tensor:
+    """WanRMSNorm (or Identity); fast: float32 with the weight applied before any rounding."""
+    if not fast:
+        return norm(x)
+    xf = x.float()
+    if not isinstance(norm, WanRMSNorm):
+        return xf
+    return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + norm.eps) * norm.weight.float()
+
+
+def rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: float32 [B, S, H, D] with channel pairs (2k, 2k+1) = complex number k; cos/sin: float32 [S, 1, D/2]
+    -> float32 [B, S, H, D], x rotated by the angles (`rope_apply` up to float32 rounding)."""
+    xr = x.unflatten(-1, (-1, 2))
+    a, b = xr[..., 0], xr[..., 1]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def rope_cos_sin(freqs: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """freqs: complex128 [S_real, 1, D/2] -> float32 (cos, sin) [seq_len, 1, D/2]: the float64 values rounded once,
+    padding tokens (seq_len > S_real) at angle 0."""
+    with torch.inference_mode(False), torch.no_grad():  # may be cached and reused by a training forward
+        ri = torch.view_as_real(freqs).float()
+        cos, sin = ri[..., 0], ri[..., 1]
+        pad = seq_len - cos.shape[0]
+        if pad < 0:
+            raise ValueError(f"RoPE table has {cos.shape[0]} rows for {seq_len} tokens")
+        if pad:
+            cos = torch.cat([cos, cos.new_ones(pad, *cos.shape[1:])])
+            sin = torch.cat([sin, sin.new_zeros(pad, *sin.shape[1:])])
+        return cos.contiguous(), sin.contiguous()
+
+
+def _rope(x: Tensor, rope: Tensor | tuple[Tensor, Tensor], fast: bool) -> Tensor:
+    """x: [B, S, H, D]; rope: complex128 freqs (original) or float32 (cos, sin) (fast) -> float32, rotated."""
+    return rope_real(x.float(), *rope) if fast else rope_apply(x, rope)
+
+
+def _add(x: Tensor, y: Tensor, gate: Tensor | None, stream: torch.dtype | None) -> Tensor:
+    """The residual update x + y * gate: rounded after each op (original, stream None) or summed in float32 and
+    rounded once to the stream's dtype (fast)."""
+    if stream is None:
+        return x + y if gate is None else x + y * gate
+    return (x.float() + (y.float() if gate is None else y.float() * gate)).to(stream)
+
 
 class WanSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
@@ -39,14 +112,15 @@ class WanSelfAttention(nn.Module):
         # sequence); only the self-attention uses it, cross-attention contexts are never split
         self.attention_fn = attention
 
-    def forward(self, x: Tensor, freqs: Tensor, dtype: torch.dtype) -> Tensor:
-        """x: [B, S, dim]; freqs: complex128 [S_real, 1, head_dim/2] -> [B, S, dim]."""
+    def forward(self, x: Tensor, rope: Tensor | tuple[Tensor, Tensor], dtype: torch.dtype, fast: bool = False) -> Tensor:
+        """x: [B, S, dim]; rope: complex128 freqs [S_real, 1, head_dim/2] (original) or float32 (cos, sin)
+        [S, 1, head_dim/2] (fast) -> [B, S, dim]."""
         b, s, n, d = *x.shape[:2], self.num_heads, self.head_dim
-        q = self.norm_q(self.q(x.to(dtype))).view(b, s, n, d)
-        k = self.norm_k(self.k(x.to(dtype))).view(b, s, n, d)
-        v = self.v(x.to(dtype)).view(b, s, n, d)
-        out = self.attention_fn(rope_apply(q, freqs).to(dtype), rope_apply(k, freqs).to(dtype), v.to(dtype)).to(dtype)
-        return self.o(out.flatten(2))
+        x = x.to(dtype)
+        q = _rope(_rms(self.norm_q, self.q(x), fast).view(b, s, n, d), rope, fast).to(dtype)
+        k = _rope(_rms(self.norm_k, self.k(x), fast).view(b, s, n, d), rope, fast).to(dtype)
+        v = self.v(x).view(b, s, n, d).to(dtype)
+        return self.o(self.attention_fn(q, k, v).to(dtype).flatten(2))
 
 
 class WanI2VTalkingCrossAttention(WanSelfAttention):
@@ -65,31 +139,32 @@ class WanI2VTalkingCrossAttention(WanSelfAttention):
             nn.init.zeros_(p)
 
     def forward(self, x: Tensor, context: Tensor, dtype: torch.dtype, vocal_context: Tensor,
-                num_groups: int) -> Tensor:
+                num_groups: int, fast: bool = False) -> Tensor:
         """x: [B, S, dim]; context: [B, clip_tokens + text_len, dim] (image tokens first);
         vocal_context: [B, G, K, dim] (per-frame audio) or [B, G*K, dim] (clip-level); num_groups: G."""
         b, n, d = x.shape[0], self.num_heads, self.head_dim
-        ctx_img, ctx_txt = context[:, :self.clip_tokens], context[:, self.clip_tokens:]
-        q = self.norm_q(self.q(x.to(dtype))).view(b, -1, n, d)
-        k = self.norm_k(self.k(ctx_txt.to(dtype))).view(b, -1, n, d)
-        v = self.v(ctx_txt.to(dtype)).view(b, -1, n, d)
-        k_img = self.norm_k_img(self.k_img(ctx_img.to(dtype))).view(b, -1, n, d)
-        v_img = self.v_img(ctx_img.to(dtype)).view(b, -1, n, d)
-        img_x = attention(q.to(dtype), k_img.to(dtype), v_img.to(dtype)).to(dtype)
-        txt_x = attention(q.to(dtype), k.to(dtype), v.to(dtype)).to(dtype)
+        ctx_img, ctx_txt = context[:, :self.clip_tokens].to(dtype), context[:, self.clip_tokens:].to(dtype)
+        q = _rms(self.norm_q, self.q(x.to(dtype)), fast).to(dtype).view(b, -1, n, d)
+        k = _rms(self.norm_k, self.k(ctx_txt), fast).to(dtype).view(b, -1, n, d)
+        v = self.v(ctx_txt).to(dtype).view(b, -1, n, d)
+        k_img = _rms(self.norm_k_img, self.k_img(ctx_img), fast).to(dtype).view(b, -1, n, d)
+        v_img = self.v_img(ctx_img).to(dtype).view(b, -1, n, d)
+        img_x = attention(q, k_img, v_img).to(dtype).flatten(2)
+        txt_x = attention(q, k, v).to(dtype).flatten(2)
         if vocal_context.dim() == 4:
             # per latent frame: the tokens of frame g attend to audio group g only (no norm on audio keys)
             if q.shape[1] % num_groups:
                 raise ValueError(f"{q.shape[1]} tokens cannot be split into {num_groups} latent frames")
-            k_a = self.k_vocal(vocal_context).view(b * num_groups, -1, n, d)
-            v_a = self.v_vocal(vocal_context).view(b * num_groups, -1, n, d)
-            aud_x = attention(q.view(b * num_groups, -1, n, d).to(dtype), k_a.to(dtype), v_a.to(dtype))
-            aud_x = aud_x.reshape(b, -1, n * d)
+            k_a = self.k_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
+            v_a = self.v_vocal(vocal_context).to(dtype).view(b * num_groups, -1, n, d)
+            aud_x = attention(q.view(b * num_groups, -1, n, d), k_a, v_a).reshape(b, -1, n * d)
         else:
-            k_a = self.k_vocal(vocal_context).view(b, -1, n, d)
-            v_a = self.v_vocal(vocal_context).view(b, -1, n, d)
-            aud_x = attention(q.to(dtype), k_a.to(dtype), v_a.to(dtype)).flatten(2)
-        return self.o(txt_x.flatten(2) + img_x.flatten(2) + aud_x)
+            k_a = self.k_vocal(vocal_context).to(dtype).view(b, -1, n, d)
+            v_a = self.v_vocal(vocal_context).to(dtype).view(b, -1, n, d)
+            aud_x = attention(q, k_a, v_a).flatten(2)
+        if fast:  # one rounding of the sum
+            return self.o((txt_x.float() + img_x.float() + aud_x.float()).to(dtype))
+        return self.o(txt_x + img_x + aud_x)
 
 
 class WanAttentionBlock(nn.Module):
@@ -104,16 +179,23 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, e0: Tensor, freqs: Tensor, context: Tensor, vocal_context: Tensor,
-                num_groups: int, dtype: torch.dtype) -> Tensor:
-        """x: [B, S, dim] residual stream (stays in the model dtype, bf16 at inference, as in VideoX-Fun);
-        e0: [B, 6, dim] ordered (shift, scale, gate) for self-attention then (shift, scale, gate) for the FFN."""
-        m = (self.modulation + e0).chunk(6, dim=1)
-        x = x + self.self_attn((self.norm1(x) * (1 + m[1]) + m[0]).to(dtype), freqs, dtype) * m[2]
+    def forward(self, x: Tensor, e0: Tensor, rope: Tensor | tuple[Tensor, Tensor], context: Tensor,
+                vocal_context: Tensor, num_groups: int, dtype: torch.dtype, fast: bool = False) -> Tensor:
+        """x: [B, S, dim] residual stream (in the model dtype, bf16 at inference, as in VideoX-Fun; float32 in the
+        fast layout under autocast); e0: [B, 6, dim] ordered (shift, scale, gate) for self-attention then
+        (shift, scale, gate) for the FFN; rope: see `WanSelfAttention.forward`; fast: the numerics policy."""
+        if fast:  # the modulation in float32; residual updates rounded once, to the stream's dtype
+            stream = torch.promote_types(x.dtype, torch.promote_types(self.modulation.dtype, e0.dtype))
+            m = (self.modulation.float() + e0.float()).chunk(6, dim=1)
+        else:
+            stream, m = None, (self.modulation + e0).chunk(6, dim=1)
+        h = (_norm(self.norm1, x, fast) * (1 + m[1]) + m[0]).to(dtype)
+        x = _add(x, self.self_attn(h, rope, dtype, fast), m[2], stream)
         # the cross-attention branch is neither modulated nor gated
-        x = x + self.cross_attn(self.norm3(x), context, dtype, vocal_context, num_groups)
-        x = x + self.ffn((self.norm2(x) * (1 + m[4]) + m[3]).to(dtype)) * m[5]
-        return x
+        h = _norm(self.norm3, x, fast).to(dtype)
+        x = _add(x, self.cross_attn(h, context, dtype, vocal_context, num_groups, fast), None, stream)
+        h = (_norm(self.norm2, x, fast) * (1 + m[4]) + m[3]).to(dtype)
+        return _add(x, self.ffn(h), m[5], stream)
 
 
 class Head(nn.Module):
@@ -182,6 +264,29 @@ class WanTransformer3DFantasyModel(nn.Module):
         self.vocal_projector = VocalProjector(cfg)
         self.gradient_checkpointing = False
         self.token_split = TokenSplit()
+        # numerics policy (`set_numerics`; plain attributes: the state dict is the original's either way)
+        self.numerics = "original"
+        self.fp32_residual = True
+        # seam for step caching (wan.models.teacache.TeaCache): None runs every block; otherwise called as
+        # `block_cache(run_blocks, h, e0, cache_key)` and returns what `run_blocks(h)` would, or an approximation
+        self.block_cache = None
+        self._cos_sin: tuple | None = None  # (freqs, seq_len, cos, sin) of the last fast forward
+
+    def set_numerics(self, numerics: str, fp32_residual: bool = True) -> None:
+        """The precision layout of the blocks: "original" (the reference, golden-tested) or "fast" (fewer
+        roundings, see the module docstring); fp32_residual: in "fast" under autocast, keep the residual stream
+        in float32 (more precise, ~1 % more memory traffic)."""
+        if numerics not in NUMERICS:
+            raise ValueError(f"unknown numerics {numerics!r}: choose one of {', '.join(NUMERICS)}")
+        self.numerics, self.fp32_residual = numerics, fp32_residual
+        self._cos_sin = None
+
+    def _rope_tables(self, freqs: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+        """`rope_cos_sin` once per table: the model builds one `freqs` per grid and hands the same tensor over."""
+        c = self._cos_sin
+        if c is None or c[0] is not freqs or c[1] != seq_len:
+            c = self._cos_sin = (freqs, seq_len, *rope_cos_sin(freqs, seq_len))
+        return c[2], c[3]
 
     # --- pieces of the forward, separate so that parallel/caching wrappers can reuse them ---------------
 
@@ -261,7 +366,8 @@ class WanTransformer3DFantasyModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, context: Sequence[Tensor] | Tensor, seq_len: int, clip_fea: Tensor,
                 y: Tensor, vocal_embeddings: Tensor, audio_null: Sequence[bool] | Tensor | None = None,
-                is_clip_level_modeling: bool = False, video_sample_n_frames: int = 81) -> Tensor:
+                is_clip_level_modeling: bool = False, video_sample_n_frames: int = 81,
+                cache_key: tuple[int, int] | None = None) -> Tensor:
         """Predict the flow velocity of one window.
 
         x: [B, 16, F, h, w] noisy latents; t: [B] timesteps (1000 * sigma); context: B text embeddings
@@ -274,6 +380,7 @@ class WanTransformer3DFantasyModel(nn.Module):
         The original's guidance batch `[neg text + no audio, neg text + audio, pos text + audio]` is
         `context=[neg, neg, pos]`, `vocal_embeddings=a[None]`, `audio_null=[True, False, False]`
         (`original_guidance_audio` converts the original's `[zeros, a, a]` tensor).
+        cache_key: (denoising step, window index) of this call, for `block_cache` (ignored without one).
         """
         dtype = x.dtype
         tokens, grid = self.patchify(x, y, seq_len)
@@ -290,12 +397,23 @@ class WanTransformer3DFantasyModel(nn.Module):
         split = self.token_split
         h, freqs = split.shard_tokens(tokens, freqs, num_groups)
         e, e0, ctx, vc = (split.shard_batch(u) for u in (e, e0, ctx, vc))
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = torch.utils.checkpoint.checkpoint(block, h, e0, freqs, ctx, vc, num_groups, dtype,
-                                                      use_reentrant=False)
-            else:
-                h = block(h, e0, freqs, ctx, vc, num_groups, dtype)
+        fast = self.numerics == "fast"
+        rope = self._rope_tables(freqs, h.shape[1]) if fast else freqs
+        if fast and self.fp32_residual and torch.is_autocast_enabled(h.device.type):
+            h = h.to(torch.float32, memory_format=torch.contiguous_format)
+        elif fast:
+            h = h.contiguous()
+
+        def run_blocks(h: Tensor) -> Tensor:
+            for block in self.blocks:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    h = torch.utils.checkpoint.checkpoint(block, h, e0, rope, ctx, vc, num_groups, dtype, fast,
+                                                          use_reentrant=False)
+                else:
+                    h = block(h, e0, rope, ctx, vc, num_groups, dtype, fast)
+            return h
+
+        h = run_blocks(h) if self.block_cache is None else self.block_cache(run_blocks, h, e0, cache_key)
         return self.unpatchify(split.gather(self.head(h, e), num_groups), grid)
 
 
