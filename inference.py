@@ -214,7 +214,10 @@ def run_jobs(args: argparse.Namespace, world: int, rank: int, t0: float) -> int:
     if todo:
         check_weights(args)
         if world > 1 and args.device == "auto":
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one GPU per process
+            import torch
+
+            if torch.cuda.is_available():  # one GPU per process
+                args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         device, dtype = resolve_device(args)
         log_environment(device, dtype, args)
         pipe = load_pipeline(args, device, dtype)  # 2. once for every job

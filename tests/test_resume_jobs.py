@@ -148,3 +148,23 @@ def test_jobs_file_errors_name_the_line(tmp_path):
     assert "line 2" in got[1].reason
     assert "unknown keys ['colour']" in got[2].reason
     assert "must be a folder name" in got[3].reason
+
+
+def test_jobs_are_shared_among_torchrun_processes(tree, tmp_path):
+    """Under torchrun each process renders every N-th job alone (no process group): 2 processes, 2 jobs, 1 each."""
+    import socket
+
+    a = speech(1.0, tmp_path / "a.wav")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps({"reference": str(IMAGE), "audio": a.name, "prompt": "p", "output": name})
+                              for name in ("first", "second")) + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = model_flags(tree)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *flags[1:],
+           f"--jobs={jobs}", f"--output_dir={tmp_path / 'out'}", "--sample_steps=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("jobs of process") == 2 and r.stdout.count(": 1 done, 0 skipped, 0 failed") == 2, r.stdout
+    assert (tmp_path / "out" / "first" / "video.mp4").exists() and (tmp_path / "out" / "second" / "video.mp4").exists()
