@@ -112,7 +112,8 @@ class WanSelfAttention(nn.Module):
         # sequence); only the self-attention uses it, cross-attention contexts are never split
         self.attention_fn = attention
 
-    def forward(self, x: Tensor, rope: Tensor | tuple[Tensor, Tensor], dtype: torch.dtype, fast: bool = False) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | tuple[Tensor, Tensor], dtype: torch.dtype,
+                fast: bool = False) -> Tensor:
         """x: [B, S, dim]; rope: complex128 freqs [S_real, 1, head_dim/2] (original) or float32 (cos, sin)
         [S, 1, head_dim/2] (fast) -> [B, S, dim]."""
         b, s, n, d = *x.shape[:2], self.num_heads, self.head_dim
