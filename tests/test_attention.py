@@ -260,17 +260,11 @@ def test_gpu_backends_equal_sdpa_at_the_dit_shapes(shape):
 def test_gpu_compiled_fast_dit_with_each_backend():
     """The compiled fast DiT forward (tiny, bf16 autocast) with every backend that runs here: no graph break around
     the entry point, and the same precision against a float32 forward (FA3 within 10 % of SDPA's error)."""
-    from tests.test_fast import inputs, random_dit, rel_err
+    from tests.test_fast import cuda_case, rel_err, run_cuda_bf16
     from wan.models.fast import enable_fast
 
     dev = torch.device("cuda")
-    model = random_dit().to(dev)
-    inp = {k: (v.to(dev) if isinstance(v, torch.Tensor) else [u.to(dev) for u in v] if k == "context" else v)
-           for k, v in inputs().items()}
-    with torch.no_grad():
-        ref32 = model(**inp).float()
-    model = model.to(torch.bfloat16)
-    inp = {**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}
+    model, inp, ref32 = cuda_case()
     fa3 = A.load_fa3()
     backends = ["sdpa"] + ([] if isinstance(fa3, str) or A.fa3_unsupported(dev, torch.bfloat16, 16, fa3) else ["fa3"])
     errs = {}
@@ -279,8 +273,7 @@ def test_gpu_compiled_fast_dit_with_each_backend():
         A.set_backend(backend)
         torch._dynamo.reset()
         state = enable_fast(model, compile=True)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            errs[backend] = rel_err(model(**inp).float(), ref32)
+        errs[backend] = rel_err(run_cuda_bf16(model, inp), ref32)
         assert state.compiled is not None, state.compile_failed
         assert A.backend_for(dev, torch.bfloat16, model.cfg.head_dim) == backend
     torch._dynamo.reset()

@@ -42,6 +42,22 @@ def rel_err(a, ref):
     return ((a - ref).norm() / ref.norm()).item()
 
 
+def cuda_case():
+    """GPU tests: (the random tiny DiT in bf16 on CUDA, its bf16 inputs, the float32 forward's output)."""
+    dev = torch.device("cuda")
+    model = random_dit().to(dev)
+    inp = {k: (v.to(dev) if isinstance(v, torch.Tensor) else [u.to(dev) for u in v] if k == "context" else v)
+           for k, v in inputs().items()}
+    with torch.no_grad():
+        ref32 = model(**inp).float()
+    return model.to(torch.bfloat16), {**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}, ref32
+
+
+def run_cuda_bf16(model, inp):
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        return model(**inp).float()
+
+
 def test_rope_real_equals_complex_rope():
     grid, d = (3, 4, 2), 16
     freqs = rope_freqs_for_grid(grid, d, torch.device("cpu"))
@@ -400,18 +416,10 @@ def test_gpu_text_encoder_visit_frees_memory_and_fast_compiles():
     del out
     assert torch.cuda.memory_allocated() <= base and te.device.type == "cpu"
 
-    model = random_dit().to(dev)
-    inp = {k: (v.to(dev) if isinstance(v, torch.Tensor) else [u.to(dev) for u in v] if k == "context" else v)
-           for k, v in inputs().items()}
-    with torch.no_grad():
-        ref32 = model(**inp).float()
-    model = model.to(torch.bfloat16)
-    ac = torch.autocast("cuda", dtype=torch.bfloat16)
-    with torch.no_grad(), ac:
-        ref_err = rel_err(model(**{**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}).float(), ref32)
+    model, inp, ref32 = cuda_case()
+    ref_err = rel_err(run_cuda_bf16(model, inp), ref32)
     state = enable_fast(model, compile=True)
-    with torch.no_grad(), ac:
-        fast_err = rel_err(model(**{**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}).float(), ref32)
+    fast_err = rel_err(run_cuda_bf16(model, inp), ref32)
     assert state.compiled is not None, state.compile_failed
     assert fast_err <= ref_err, (fast_err, ref_err)
 
@@ -515,17 +523,10 @@ def test_bench_dit_fp8_and_attention_cpu_smoke(tmp_path, capsys):
 def test_gpu_fp8_compiled_runs_and_stays_close():
     """fp8 on CUDA (torch._scaled_mm, row-wise scales) inside the compiled block forward: runs, compiles, and stays
     within 10 % relative L2 of the float32 forward."""
-    dev = torch.device("cuda")
-    model = random_dit().to(dev)
-    inp = {k: (v.to(dev) if isinstance(v, torch.Tensor) else [u.to(dev) for u in v] if k == "context" else v)
-           for k, v in inputs().items()}
-    with torch.no_grad():
-        ref32 = model(**inp).float()
-    model = model.to(torch.bfloat16)
+    model, inp, ref32 = cuda_case()
     torch._dynamo.reset()
     state = enable_fast(model, compile=True, fp8=True)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model(**{**inp, "x": inp["x"].bfloat16(), "y": inp["y"].bfloat16()}).float()
+    out = run_cuda_bf16(model, inp)
     torch._dynamo.reset()
     assert state.compiled is not None, state.compile_failed
     assert rel_err(out, ref32) < 0.1
