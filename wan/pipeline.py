@@ -291,7 +291,7 @@ class StableAvatarPipeline:
             with self._autocast():
                 v = dit(x=z.expand(3, -1, -1, -1, -1), t=t.expand(3), context=context, seq_len=seq_len,
                         clip_fea=clip_fea, y=y[:, :, :win.length], vocal_embeddings=a,
-                        audio_null=audio_null, video_sample_n_frames=clip_length)
+                        audio_null=audio_null, video_sample_n_frames=clip_length, cache_key=(i, k))
             v = guidance(*v.chunk(3), audio_scale=audio_guide_scale, text_scale=text_guide_scale)
             return euler_step(v, sigmas[i], sigmas[i + 1], z)
 

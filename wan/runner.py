@@ -59,6 +59,9 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
                    help="where the models live (README: GPU memory modes); the offload modes need CUDA")
 
     g = p.add_argument_group("speed (opt-in)")
+    g.add_argument("--attention", default="auto", choices=["auto", "fa3", "sdpa"],
+                   help="attention kernel: auto = FlashAttention-3 where it can run (Hopper, bf16, `pip install -e "
+                        "'.[hopper]'`), else torch SDPA; fa3 = require it; sdpa = torch's SDPA only")
     g.add_argument("--fast", action="store_true",
                    help="fast DiT forward (wan.models.fast: fp32 cos/sin RoPE, fewer casts, fp32 residual stream, "
                         "torch.compile of the blocks): same function up to bf16 rounding, ~1.3x per forward on an "
@@ -252,6 +255,9 @@ def resolve_device(args: argparse.Namespace):
                          "use --dtype auto or fp32 on the CPU")
     if device.type == "cpu" and args.GPU_memory_mode not in ("model_full_load", "auto"):
         raise ValueError(f"--GPU_memory_mode {args.GPU_memory_mode} needs a CUDA device")
+    from wan.models.attention import set_backend
+
+    set_backend(getattr(args, "attention", "auto"))  # ImportError with the install hint when fa3 is forced but absent
     return device, dtype
 
 
