@@ -37,3 +37,25 @@ def pytest_terminal_summary(terminalreporter):
     if n:
         terminalreporter.write_line(f"{n} parity tests skipped: no golden fixtures (made by running the original "
                                     "StableAvatar on tiny random weights; not in the repo) -- see docs/testing.md")
+
+
+EXAMPLE_SPEECH = Path(__file__).resolve().parents[1] / "examples" / "case-2" / "audio.wav"
+
+
+def example_speech(seconds: float, path: Path) -> Path:
+    """`path`: a wav of the example speech (16 kHz stereo int16), cut or looped to `seconds`."""
+    import numpy as np
+    import soundfile as sf
+
+    y, sr = sf.read(EXAMPLE_SPEECH, dtype="int16", always_2d=True)
+    n = int(seconds * sr)
+    sf.write(path, np.concatenate([y] * (n // len(y) + 1))[:n], sr, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory):
+    """The tiny checkpoint tree (seed 0), written once per session; modules that need another define their own."""
+    from wan.testing.tiny_checkpoints import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), "tiny", seed=0)

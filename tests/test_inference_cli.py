@@ -7,27 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import example_speech
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEECH = ROOT / "examples" / "case-2" / "audio.wav"
 IMAGE = ROOT / "examples" / "case-1" / "reference.png"
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    from wan.testing.tiny_checkpoints import write_tiny_checkpoints
-
-    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), "tiny", seed=0)
-
-
 def speech(seconds: float, tmp_path: Path) -> Path:
-    """A wav of the example speech (stereo 16 kHz), cut or looped to `seconds`."""
-    y, sr = sf.read(SPEECH, dtype="int16", always_2d=True)
-    n = int(seconds * sr)
-    y = np.concatenate([y] * (n // len(y) + 1))[:n]
-    p = tmp_path / f"speech_{seconds}s.wav"
-    sf.write(p, y, sr, subtype="PCM_16")
-    return p
+    return example_speech(seconds, tmp_path / f"speech_{seconds}s.wav")
 
 
 def command(tree, tmp_path, audio, *extra, image=IMAGE, width=64, height=48, clip=17, overlap=3, steps=1,

@@ -8,25 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import soundfile as sf
+from conftest import example_speech
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEECH = ROOT / "examples" / "case-2" / "audio.wav"
 IMAGE = ROOT / "examples" / "case-1" / "reference.png"
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    from wan.testing.tiny_checkpoints import write_tiny_checkpoints
-
-    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), "tiny", seed=0)
-
-
-def speech(seconds: float, path: Path) -> Path:
-    y, sr = sf.read(SPEECH, dtype="int16", always_2d=True)
-    sf.write(path, y[:int(seconds * sr)], sr, subtype="PCM_16")
-    return path
+speech = example_speech
 
 
 def model_flags(tree, size=(64, 48)):
