@@ -88,7 +88,7 @@ def test_fetches_only_what_the_run_reads_at_the_final_flag_paths(tmp_path, hub, 
 
 def test_fetches_only_the_missing_files(tmp_path, hub):
     put(tmp_path, NEEDED - {f"{WAN}/Wan2.1_VAE.pth", f"{W2V}/model.safetensors"})
-    assert fetch.main(flags(tmp_path / WAN, None, tmp_path / W2V)) == 0
+    assert fetch.main(flags(tmp_path / WAN, tmp_path / ADAPTER / "transformer3d-square.pt", tmp_path / W2V)) == 0
     assert hub == [(tmp_path, sorted([f"{W2V}/model.safetensors", f"{WAN}/Wan2.1_VAE.pth"]))]
 
 
@@ -113,7 +113,7 @@ def test_a_failed_download_says_what_is_missing(tmp_path, hub, monkeypatch, caps
         raise OSError("connection reset")
 
     monkeypatch.setattr(fetch, "download", broken)
-    assert fetch.main(flags(tmp_path / WAN, None, tmp_path / W2V)) == 2
+    assert fetch.main(flags(tmp_path / WAN, tmp_path / ADAPTER / "transformer3d-square.pt", tmp_path / W2V)) == 2
     err = capsys.readouterr().err
     assert "failed (OSError: connection reset)" in err
     assert f"--include {WAN}/Wan2.1_VAE.pth --local-dir {tmp_path}" in err
