@@ -59,3 +59,12 @@ def tree(tmp_path_factory):
     from wan.testing.tiny_checkpoints import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), "tiny", seed=0)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (torchrun rendezvous, the app's server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
+from conftest import free_port
 import subprocess
 import sys
 import time
@@ -30,12 +30,6 @@ def speech(seconds: float, path: Path) -> Path:
     y, sr = sf.read(SPEECH, dtype="int16", always_2d=True)
     sf.write(path, y[:int(seconds * sr)], sr, subtype="PCM_16")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

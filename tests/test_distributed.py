@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+from conftest import free_port
 import subprocess
 import sys
 from pathlib import Path
@@ -80,12 +80,6 @@ def test_shard_frames_holds_whole_frame_slices():
 
 
 # --- 2 processes over gloo ------------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
@@ -212,7 +206,7 @@ def test_two_processes_match_one(tree, tmp_path):
 
     audio = _speech(SECONDS, tmp_path / "speech.wav")
     out = tmp_path / "report.json"
-    mp.spawn(_worker, args=(2, _free_port(), str(tree), str(audio), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tree), str(audio), str(out)), nprocs=2, join=True)
     report = json.loads(out.read_text())
     print(report)
     assert report["window"] == 0 and report["cfg"] == 0
@@ -222,7 +216,7 @@ def test_two_processes_match_one(tree, tmp_path):
 
 def _cli(tree, tmp_path, audio, out, *extra, nproc=1):
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable]
+                f"--master_port={free_port()}"] if nproc > 1 else [sys.executable]
     cmd = [*launcher, str(ROOT / "inference.py"),
            f"--pretrained_model_name_or_path={tree / 'Wan2.1-Fun-V1.1-1.3B-InP'}",
            f"--transformer_path={tree / 'StableAvatar-1.3B' / 'transformer3d-square.pt'}",
@@ -231,7 +225,7 @@ def _cli(tree, tmp_path, audio, out, *extra, nproc=1):
            "--validation_prompts", "A woman is speaking", f"--output_dir={out}", "--seed=42",
            # 128x96, not W x H: libx264 encodes the same frames to different streams below about 112x96 (measured:
            # 64x48 gave 3 different streams in 5 encodes of identical frames) — what made this test fail "under load"
-           f"--sample_steps=2", "--width=128", "--height=96", f"--clip_sample_n_frames={CLIP}",
+           "--sample_steps=2", "--width=128", "--height=96", f"--clip_sample_n_frames={CLIP}",
            f"--overlap_window_length={OVERLAP}", "--device=cpu", "--dtype=fp32", "--model_spec=tiny", *extra]
     env = {**os.environ, **SAME_MATHS_ENV}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
@@ -272,7 +266,7 @@ def test_a_failing_rank_does_not_hang_the_others(tmp_path):
     """Rank 1 dies before the first exchange: rank 0's collective must fail (not wait), and both exit non-zero."""
     import time
 
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", _FAILING_RANK], env={**env, "RANK": str(r)}, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
@@ -293,7 +287,7 @@ def test_bench_four_processes_window_x_cfg_exact(tmp_path):
                          text=True, env=env, cwd=ROOT, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     four = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4",
-                           f"--master_port={_free_port()}", *common, "--window_parallel", "--cfg_parallel",
+                           f"--master_port={free_port()}", *common, "--window_parallel", "--cfg_parallel",
                            "--fsdp_dit", f"--compare={tmp_path / 'one.pt'}"], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
     assert four.returncode == 0, four.stderr[-3000:]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import example_speech
+from conftest import example_speech, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "examples" / "case-1" / "reference.png"
@@ -140,17 +140,13 @@ def test_jobs_file_errors_name_the_line(tmp_path):
 
 def test_jobs_are_shared_among_torchrun_processes(tree, tmp_path):
     """Under torchrun each process renders every N-th job alone (no process group): 2 processes, 2 jobs, 1 each."""
-    import socket
-
     a = speech(1.0, tmp_path / "a.wav")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps({"reference": str(IMAGE), "audio": a.name, "prompt": "p", "output": name})
                               for name in ("first", "second")) + "\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     flags = model_flags(tree)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *flags[1:],
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           *flags[1:],
            f"--jobs={jobs}", f"--output_dir={tmp_path / 'out'}", "--sample_steps=1"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
