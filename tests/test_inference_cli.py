@@ -158,7 +158,10 @@ def test_ctrl_c_exits_130_without_partial_files(tree, tmp_path):
     import time
 
     cmd, out = command(tree, tmp_path, speech(20.0, tmp_path), steps=50)
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # a shell without job control starts background commands with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal would
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stderr:  # wait for the end of the model loading: the loop starts right after
             if "model loading took" in line:
