@@ -208,7 +208,8 @@ def run_jobs(args: argparse.Namespace, world: int, rank: int, t0: float) -> int:
             log.info("job %s: %s exists, skipped", job.name, job.request.video_path)
             continue
         try:
-            todo.append((job, *check_request(job.request)))
+            check_request(job.request)  # decoded again when its turn comes: a long jobs file's audio is not all held
+            todo.append(job)
         except (ValueError, FileNotFoundError) as e:
             job.status, job.reason = "failed", str(e)
     if todo:
@@ -222,10 +223,11 @@ def run_jobs(args: argparse.Namespace, world: int, rank: int, t0: float) -> int:
         log_environment(device, dtype, args)
         pipe = load_pipeline(args, device, dtype)  # 2. once for every job
         log.info("models loaded once for %d job(s) in %.1f s", len(todo), time.perf_counter() - t0)
-        for n, (job, audio, plan) in enumerate(todo, 1):  # 3. render
-            log.info("job %d/%d %s: %dx%d, %s", n, len(todo), job.name, job.request.width, job.request.height,
-                     plan.describe(job.request.steps))
+        for n, job in enumerate(todo, 1):  # 3. render
             try:
+                audio, plan = check_request(job.request)  # the inputs may have changed since the first check
+                log.info("job %d/%d %s: %dx%d, %s", n, len(todo), job.name, job.request.width, job.request.height,
+                         plan.describe(job.request.steps))
                 tm = render(pipe, job.request, audio, args, progress=not args.no_progress, device=device,
                             dtype=dtype)
                 job.status = "done"
